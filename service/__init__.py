@@ -1,0 +1,1 @@
+"""usgi-docs: documentation service for ultrasound-guided injections."""

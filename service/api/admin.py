@@ -1,0 +1,49 @@
+"""Administration: the DICOM peers allowed to send."""
+
+from __future__ import annotations
+
+from flask import current_app
+from flask_smorest import Blueprint
+
+from schemas.admin import PeerSchema
+from service import audit_trail, peers
+from service.api.security import current_principal, roles
+from service.auth import Role
+from service.errors import Rejected
+
+blp = Blueprint("admin", __name__, url_prefix="/api", description="DICOM peers (admin)")
+
+
+def _audit(action: str, ae_title: str) -> None:
+    p = current_principal()
+    audit_trail.record(current_app.extensions["usgi"], p.name, p.role.value, action, "dicom_peer", ae_title)
+
+
+@blp.route("/peers")
+@roles(Role.ADMIN)
+@blp.response(200, PeerSchema(many=True))
+def list_peers() -> list:
+    return peers.list_peers(current_app.extensions["usgi"])
+
+
+@blp.route("/peers", methods=["POST"])
+@roles(Role.ADMIN)
+@blp.arguments(PeerSchema)
+@blp.response(201, PeerSchema)
+def add_peer(data: dict) -> object:
+    try:
+        peer = peers.add_peer(
+            current_app.extensions["usgi"], data["ae_title"], data["host"], data["port"], data["description"]
+        )
+    except ValueError as exc:
+        raise Rejected(str(exc)) from exc
+    _audit("create", peer.ae_title)
+    return peer
+
+
+@blp.route("/peers/<string:ae_title>", methods=["DELETE"])
+@roles(Role.ADMIN)
+@blp.response(204)
+def remove_peer(ae_title: str) -> None:
+    peers.remove_peer(current_app.extensions["usgi"], ae_title)
+    _audit("delete", ae_title)

@@ -1,0 +1,263 @@
+"""The `usgi` command: serve | dicom | migrate | token | peer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import click
+
+from service.config import ConfigError, Settings
+
+log = logging.getLogger("service")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"
+    )
+    # pynetdicom logs every PDU at INFO/DEBUG; keep its warnings only unless debugging.
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+def _services(settings: Settings, temp_name: str | None = None):  # type: ignore[no-untyped-def]
+    from service.bootstrap import build_services
+
+    return build_services(settings, temp_name)
+
+
+@click.group()
+def main() -> None:
+    """usgi-docs: DICOM ingest, procedure reports and FHIR for ultrasound-guided injections."""
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database schema."""
+    settings = _settings()
+    from service.migrate import upgrade
+
+    services = _services(settings)
+    upgrade(services.engine)
+    click.echo(f"database at {settings.describe()['database_url']} is up to date")
+
+
+# --- tokens
+
+
+@main.group()
+def token() -> None:
+    """API bearer tokens."""
+
+
+@token.command("create")
+@click.option("--role", "role", required=True, type=click.Choice(["clinician", "auditor", "ehr", "admin"]))
+@click.option("--name", default="", help="who or what uses the token (shown in the audit trail)")
+def token_create(role: str, name: str) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    from service.auth import Role, create_token
+
+    services = _services(_settings())
+    click.echo(create_token(services, Role(role), name or role))
+
+
+@token.command("list")
+def token_list() -> None:
+    from service.auth import list_tokens
+
+    for t in list_tokens(_services(_settings())):
+        state = "revoked" if t.revoked_at else "active"
+        click.echo(f"{t.id}\t{t.role}\t{t.name}\t{state}\t{t.created_at:%Y-%m-%d}")
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+def token_revoke(token_id: int) -> None:
+    from service.auth import revoke_token
+
+    if not revoke_token(_services(_settings()), token_id):
+        raise click.ClickException(f"no token {token_id}")
+    click.echo(f"token {token_id} revoked")
+
+
+# --- peers
+
+
+@main.group()
+def peer() -> None:
+    """DICOM peers (ultrasound machines) allowed to associate."""
+
+
+@peer.command("add")
+@click.argument("ae_title")
+@click.option("--host", default=None, help="where Storage Commitment results go once the association has closed")
+@click.option("--port", default=None, type=click.IntRange(1, 65535))
+@click.option("--description", default=None)
+def peer_add(ae_title: str, host: str | None, port: int | None, description: str | None) -> None:
+    from service.errors import Conflict
+    from service.peers import add_peer
+
+    try:
+        p = add_peer(_services(_settings()), ae_title, host, port, description)
+    except (ValueError, Conflict) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"peer {p.ae_title} registered")
+
+
+@peer.command("list")
+def peer_list() -> None:
+    from service.peers import list_peers
+
+    for p in list_peers(_services(_settings())):
+        click.echo(f"{p.ae_title}\t{p.host or '-'}\t{p.port or '-'}\t{p.description or ''}")
+
+
+@peer.command("remove")
+@click.argument("ae_title")
+def peer_remove(ae_title: str) -> None:
+    from service.errors import NotFound
+    from service.peers import remove_peer
+
+    try:
+        remove_peer(_services(_settings()), ae_title)
+    except NotFound as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"peer {ae_title} removed")
+
+
+# --- servers
+
+
+class _Stop:
+    """Set by SIGTERM/SIGINT; the main thread waits on it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        signal.signal(signal.SIGTERM, self._set)
+        signal.signal(signal.SIGINT, self._set)
+
+    def _set(self, signum: int, _frame: Any) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        self.event.set()
+
+
+class _DicomWorkers:
+    """N `usgi dicom` processes on one port (SO_REUSEPORT), restarted if one dies, stopped together."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._stopping = False
+
+    def _spawn(self, index: int) -> None:
+        cmd = [sys.executable, "-m", "service.cli", "dicom", "--worker", str(index), "--reuse-port"]
+        self.procs[index] = subprocess.Popen(cmd, env=os.environ.copy())
+
+    def start(self) -> None:
+        for i in range(self.count):
+            self._spawn(i)
+        threading.Thread(target=self._watch, name="dicom-supervisor", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stopping:
+            time.sleep(1)
+            for i, p in list(self.procs.items()):
+                if p.poll() is not None and not self._stopping:
+                    log.error("DICOM worker %d exited with %s; restarting it", i, p.returncode)
+                    self._spawn(i)
+
+    def stop(self, grace: float) -> None:
+        self._stopping = True
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace + 5
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@main.command()
+@click.option("--worker", "worker", default=None, type=int, hidden=True)
+@click.option("--reuse-port", is_flag=True, hidden=True)
+def dicom(worker: int | None, reuse_port: bool) -> None:
+    """Run only the DICOM receiver (storage, verification, MPPS, storage commitment)."""
+    settings = _settings()
+    _logging(settings)
+    from service.dicom.server import DicomServer
+
+    temp_name = None if worker is None else f"{os.uname().nodename}-w{worker}"
+    stop = _Stop()
+    server = DicomServer(_services(settings, temp_name), reuse_port=reuse_port)
+    server.start()
+    stop.event.wait()
+    server.stop()
+    server.services.close()
+
+
+@main.command()
+def serve() -> None:
+    """Run the HTTP API and the DICOM receiver in one command (the embedded default)."""
+    settings = _settings()
+    _logging(settings)
+    from werkzeug.serving import make_server
+
+    from service.app import create_app
+    from service.dicom.server import DicomServer
+
+    services = _services(settings)
+    log.info("settings: %s", settings.describe())
+    if not settings.dicom_peers:
+        log.warning("USGI_DICOM_PEERS is empty: only peers registered with `usgi peer add` may send images")
+    stop = _Stop()
+
+    dicom_server: DicomServer | None = None
+    workers: _DicomWorkers | None = None
+    if settings.dicom_processes > 1:
+        workers = _DicomWorkers(settings.dicom_processes)
+        workers.start()
+    else:
+        dicom_server = DicomServer(services)
+        dicom_server.start()
+
+    app = create_app(settings, services)
+    http = make_server(settings.http_host, settings.http_port, app, threaded=True)
+    # On stop, let requests in flight finish: server_close() joins their threads.
+    http.daemon_threads, http.block_on_close = False, True
+    threading.Thread(target=http.serve_forever, name="http", daemon=True).start()
+    click.echo(f"usgi-docs HTTP  http://{settings.http_host}:{http.server_port}/ (GET /healthz)")
+    click.echo(
+        f"usgi-docs DICOM AE title {settings.ae_title} on port "
+        f"{dicom_server.port if dicom_server else settings.dicom_port}"
+    )
+    sys.stdout.flush()
+
+    stop.event.wait()
+    http.shutdown()
+    http.server_close()
+    if dicom_server is not None:
+        dicom_server.stop()
+    if workers is not None:
+        workers.stop(settings.shutdown_grace_seconds)
+    services.close()
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()

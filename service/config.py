@@ -1,0 +1,132 @@
+"""One settings object, read from ``USGI_*`` environment variables (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A ``USGI_*`` variable has a value the service cannot use."""
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from exc
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={value} is outside {lo}..{hi}")
+    return value
+
+
+def _ae_title(value: str, name: str) -> str:
+    value = value.strip()
+    if not value or len(value) > 16 or "\\" in value or not value.isprintable():
+        raise ConfigError(f"{name}={value!r} is not a valid AE title (1-16 printable characters, no backslash)")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the service; see the README's table for each variable's meaning."""
+
+    data_dir: Path = Path("./var")
+    database_url: str = ""
+    image_store: str = ""
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int = 11112
+    ae_title: str = "USGI"
+    dicom_peers: tuple[str, ...] = ()
+    dicom_max_associations: int = 64
+    dicom_max_pdu: int = 131072
+    dicom_processes: int = 1
+    dicom_network_timeout: int = 60
+    ehr_fhir_base: str = ""
+    payer_rules: str = "us-cms"
+    log_level: str = "INFO"
+    shutdown_grace_seconds: int = 30
+    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Derived defaults follow USGI_DATA_DIR unless set explicitly.
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'usgi.db'}")
+        if not self.image_store:
+            object.__setattr__(self, "image_store", f"file://{self.data_dir / 'images'}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the ``USGI_*`` variables; raise :class:`ConfigError` naming a bad one."""
+        env = os.environ if environ is None else environ
+        data_dir = Path(env.get("USGI_DATA_DIR", "").strip() or "./var")
+        peers = tuple(_ae_title(p, "USGI_DICOM_PEERS") for p in env.get("USGI_DICOM_PEERS", "").split(",") if p.strip())
+        payer_rules = env.get("USGI_PAYER_RULES", "").strip() or "us-cms"
+        if payer_rules not in ("us-cms", "uk-nhs"):
+            raise ConfigError(f"USGI_PAYER_RULES={payer_rules!r} must be us-cms or uk-nhs")
+        store = env.get("USGI_IMAGE_STORE", "").strip()
+        if store and not store.startswith("file://"):
+            raise ConfigError(f"USGI_IMAGE_STORE={store!r}: only file:// stores are available in this version")
+        ehr = env.get("USGI_EHR_FHIR_BASE", "").strip().rstrip("/")
+        if ehr and not ehr.startswith(("http://", "https://")):
+            raise ConfigError(f"USGI_EHR_FHIR_BASE={ehr!r} must be an http(s) URL")
+        log_level = (env.get("USGI_LOG_LEVEL", "").strip() or "INFO").upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"USGI_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR")
+        return cls(
+            data_dir=data_dir,
+            database_url=env.get("USGI_DATABASE_URL", "").strip(),
+            image_store=store,
+            http_host=env.get("USGI_HTTP_HOST", "").strip() or "127.0.0.1",
+            http_port=_int(env, "USGI_HTTP_PORT", 8080, 0, 65535),
+            dicom_host=env.get("USGI_DICOM_HOST", "").strip() or "0.0.0.0",
+            dicom_port=_int(env, "USGI_DICOM_PORT", 11112, 0, 65535),
+            ae_title=_ae_title(env.get("USGI_AE_TITLE", "") or "USGI", "USGI_AE_TITLE"),
+            dicom_peers=peers,
+            dicom_max_associations=_int(env, "USGI_DICOM_MAX_ASSOCIATIONS", 64, 1, 1000),
+            dicom_max_pdu=_int(env, "USGI_DICOM_MAX_PDU", 131072, 0, 2**32 - 1),
+            dicom_processes=_int(env, "USGI_DICOM_PROCESSES", 1, 1, 64),
+            dicom_network_timeout=_int(env, "USGI_DICOM_NETWORK_TIMEOUT", 60, 1, 3600),
+            ehr_fhir_base=ehr,
+            payer_rules=payer_rules,
+            log_level=log_level,
+            shutdown_grace_seconds=_int(env, "USGI_SHUTDOWN_GRACE_SECONDS", 30, 0, 3600),
+        )
+
+    @classmethod
+    def for_tests(cls, tmp_path: Path, **overrides: object) -> Settings:
+        """Settings for one test: its own data directory, ephemeral ports, the test database if given."""
+        base = cls(
+            data_dir=tmp_path,
+            database_url=os.environ.get("USGI_TEST_DATABASE_URL", ""),
+            http_port=0,
+            dicom_host="127.0.0.1",
+            dicom_port=0,
+            dicom_peers=("TESTSCU", "STORESCU", "ECHOSCU", "FINDSCU"),
+            shutdown_grace_seconds=5,
+        )
+        return replace(base, **overrides)  # type: ignore[arg-type]
+
+    @property
+    def image_store_path(self) -> Path:
+        return Path(self.image_store.removeprefix("file://"))
+
+    def describe(self) -> dict[str, str]:
+        """The effective settings with secrets masked, for the start-up log."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if f.name == "database_url" and "@" in str(value):
+                scheme, _, rest = str(value).partition("://")
+                value = f"{scheme}://***@{rest.split('@', 1)[1]}"
+            out[f.name] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return out

@@ -1,0 +1,48 @@
+"""Outcomes of the service layer -> DIMSE statuses (PS3.4 B.2.3 storage, PS3.7 C general statuses)."""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+
+from service.ingest import IngestResult, Outcome
+
+SUCCESS = 0x0000
+WARNING_DOES_NOT_MATCH = 0xB007  # stored, but the data set does not match the SOP class
+OUT_OF_RESOURCES = 0xA700
+DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+DUPLICATE_SOP_INSTANCE = 0x0111
+INVALID_ATTRIBUTE_VALUE = 0x0106
+MISSING_ATTRIBUTE = 0x0120
+CLASS_INSTANCE_CONFLICT = 0x0119
+NO_SUCH_ACTION = 0x0123
+DUPLICATE_TRANSACTION_UID = 0x0131
+
+_STORE_STATUS = {
+    Outcome.UNREADABLE: CANNOT_UNDERSTAND,
+    Outcome.NOT_INDEXABLE: DOES_NOT_MATCH,
+    Outcome.MISMATCH: DOES_NOT_MATCH,
+    Outcome.STORE_FAILED: PROCESSING_FAILURE,
+}
+
+
+def status_dataset(code: int, comment: str = "") -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        # ErrorComment is LO: 64 characters at most; never patient data (our messages are fixed texts).
+        ds.ErrorComment = comment[:64]
+    return ds
+
+
+def store_status(result: IngestResult) -> Dataset:
+    """The C-STORE response status for an ingest result."""
+    if result.outcome in (Outcome.STORED, Outcome.DUPLICATE):
+        if result.warnings:
+            return status_dataset(WARNING_DOES_NOT_MATCH, result.warnings[0])
+        return status_dataset(SUCCESS)
+    if result.outcome is Outcome.STORE_FAILED and result.no_space:
+        return status_dataset(OUT_OF_RESOURCES, "out of storage space")
+    return status_dataset(_STORE_STATUS[result.outcome], result.message)

@@ -1,0 +1,1 @@
+"""Image rendering helpers (previews of stored DICOM frames)."""

@@ -1,0 +1,161 @@
+"""Database tables (SQLAlchemy 2). Schema changes go through Alembic (service/migrations)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+UID = String(64)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiToken(Base):
+    """A bearer token; only its SHA-256 is kept."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DicomPeer(Base):
+    """A modality allowed to associate; host/port is where late Storage Commitment results go."""
+
+    __tablename__ = "dicom_peers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    description: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Instance(Base):
+    """One stored DICOM object (one version of a SOP Instance UID)."""
+
+    __tablename__ = "instances"
+    __table_args__ = (UniqueConstraint("sop_instance_uid", "sha256", name="uq_instance_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(16), index=True, nullable=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    patient_name: Mapped[str | None] = mapped_column(String(324), nullable=True)
+    admission_id: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    study_datetime: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    series_datetime: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    acquisition_datetime: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    content_datetime: Mapped[datetime | None] = mapped_column(DateTime, index=True, nullable=True)
+    modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    laterality: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    body_part: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    series_description: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    protocol_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    image_comments: Mapped[str | None] = mapped_column(Text, nullable=True)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    photometric_interpretation: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    is_image: Mapped[bool] = mapped_column(Boolean)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(255))
+    calling_ae_title: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    peer_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # True when another stored version of the same SOP Instance UID has different bytes.
+    conflict: Mapped[bool] = mapped_column(Boolean, default=False)
+    warnings: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Set by the linker (procedure reports, a later issue); NULL means unlinked.
+    procedure_id: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    image_role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
+class PerformedProcedureStep(Base):
+    """A Modality Performed Procedure Step (N-CREATE / N-SET)."""
+
+    __tablename__ = "performed_procedure_steps"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True, nullable=True)
+    accession_number: Mapped[str | None] = mapped_column(String(16), index=True, nullable=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    performed_station_ae_title: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    procedure_step_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    discontinuation_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    calling_ae_title: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    instances: Mapped[list[PerformedInstance]] = relationship(
+        back_populates="step", cascade="all, delete-orphan", order_by="PerformedInstance.id"
+    )
+
+
+class PerformedInstance(Base):
+    """An instance a performed procedure step says it produced."""
+
+    __tablename__ = "performed_instances"
+    __table_args__ = (UniqueConstraint("step_id", "sop_instance_uid", name="uq_performed_instance"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step_id: Mapped[int] = mapped_column(ForeignKey("performed_procedure_steps.id", ondelete="CASCADE"))
+    series_instance_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    step: Mapped[PerformedProcedureStep] = relationship(back_populates="instances")
+
+
+class StorageCommitment(Base):
+    """One Storage Commitment request (N-ACTION) and the result reported back (N-EVENT-REPORT)."""
+
+    __tablename__ = "storage_commitments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    transaction_uid: Mapped[str] = mapped_column(UID, index=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # [{"sop_class_uid", "sop_instance_uid", "committed": bool, "reason": int|None}]
+    result: Mapped[list[dict[str, object]]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # pending | reported | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+
+
+class AuditEvent(Base):
+    """Who did what to which record, from where (reads of patient data included)."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    action: Mapped[str] = mapped_column(String(40))
+    entity_type: Mapped[str] = mapped_column(String(40))
+    entity_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)

@@ -1,0 +1,122 @@
+"""Image store: content-addressed files, written tmp -> fsync -> rename -> fsync(dir).
+
+The store keeps bytes only; the database index says what they are. A key is the object's SHA-256, so two
+different versions of one SOP Instance UID can never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+TMP_DIR = "tmp"
+
+
+class ImageStore(Protocol):
+    def temp_dir(self) -> Path: ...
+    def commit_file(self, tmp_path: Path, sha256: str) -> tuple[str, bool]: ...
+    def remove(self, key: str) -> None: ...
+    def open(self, key: str) -> BinaryIO: ...
+    def path(self, key: str) -> Path: ...
+    def exists(self, key: str) -> bool: ...
+    def ready(self) -> bool: ...
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileStore:
+    """Objects under ``root/ab/cd/<sha256>.dcm``; in-flight files under ``root/tmp``."""
+
+    def __init__(self, root: Path, temp_name: str = "default") -> None:
+        # Each receiver process has its own temp folder, so sweeping it after a crash never touches
+        # another process's transfer in flight.
+        self.root = root
+        self._tmp = root / TMP_DIR / temp_name
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._known_dirs: set[Path] = set()
+
+    @staticmethod
+    def key_for(sha256: str) -> str:
+        return f"{sha256[:2]}/{sha256[2:4]}/{sha256}.dcm"
+
+    def temp_dir(self) -> Path:
+        return self._tmp
+
+    def new_temp(self) -> tuple[BinaryIO, Path]:
+        fd, name = tempfile.mkstemp(dir=self._tmp, suffix=".part")
+        return os.fdopen(fd, "wb"), Path(name)
+
+    def commit_file(self, tmp_path: Path, sha256: str) -> tuple[str, bool]:
+        """Move an fsync'd temp file into place. Returns (key, created); identical content already stored is kept."""
+        key = self.key_for(sha256)
+        dest = self.root / key
+        parent = dest.parent
+        if parent not in self._known_dirs:
+            parent.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(parent.parent)
+            _fsync_dir(parent.parent.parent)
+            self._known_dirs.add(parent)
+        if dest.exists():
+            tmp_path.unlink(missing_ok=True)
+            return key, False
+        os.replace(tmp_path, dest)
+        _fsync_dir(parent)
+        return key, True
+
+    def remove(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self.root / key, "rb")
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).is_file()
+
+    def ready(self) -> bool:
+        return self._tmp.is_dir() and os.access(self._tmp, os.W_OK)
+
+    def sweep_temp(self, older_than_seconds: float = 0.0) -> int:
+        """Delete leftovers of writes that never completed (a crash or an aborted association).
+
+        A transfer in flight writes at least once per network timeout, so files untouched for longer
+        than that are dead. Returns how many files were removed.
+        """
+        cutoff = time.time() - older_than_seconds
+        count = 0
+        for p in self._tmp.iterdir():
+            try:
+                if p.is_file() and (older_than_seconds <= 0 or p.stat().st_mtime < cutoff):
+                    p.unlink()
+                    count += 1
+            except FileNotFoundError:
+                continue
+        return count
