@@ -1,15 +1,16 @@
 """Render one frame of a stored DICOM image as a PNG preview.
 
 The frame is decoded straight from the Part 10 file with :func:`pydicom.pixels.pixel_array`
-(``index=frame``), so a long multi-frame (cine) object is never decoded, nor its pixel data
-read, as a whole.
+(``index=frame``), so of a long multi-frame (cine) object only that one frame is decoded and held
+in memory.
 
 Colour handling follows the Photometric Interpretation (PS3.3 C.7.6.3.1.2):
 
 * ``RGB``: used as decoded.
 * ``YBR_FULL`` / ``YBR_FULL_422`` (native, or JPEG Baseline as written by ultrasound
   machines): pydicom decodes the YCbCr samples, removes the 4:2:2 sub-sampling and converts
-  them to RGB (``raw=False``, its default). Checked for the pylibjpeg and Pillow plugins.
+  them to RGB (``raw=False``, its default); its pylibjpeg and Pillow JPEG plugins both hand it
+  the YCbCr samples unconverted.
 * ``YBR_ICT`` / ``YBR_RCT`` (JPEG 2000 only): the JPEG 2000 decoder itself undoes the
   multiple-component transform, so the decoded samples are already RGB.
 * ``PALETTE COLOR``: the Red/Green/Blue Palette Color LUTs (PS3.3 C.7.6.3.1.5/.6) are applied.

@@ -14,10 +14,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import apply_color_lut, convert_color_space, pixel_array
 from pydicom.uid import (
+    MPEG2MPML,
     ComprehensiveSRStorage,
     ExplicitVRLittleEndian,
-    MPEG2MPML,
-    UltrasoundImageStorage,
     generate_uid,
 )
 
@@ -109,8 +108,8 @@ def test_palette_color_lut_is_applied_and_scaled_to_8_bits() -> None:
     np.testing.assert_array_equal(rendered[300, 200], [0, 0, 0])
     # The red LUT maps index 1 to 0x0100 -> 1 after scaling, not 0 or 256.
     index_one = ds.pixel_array == 1
-    if index_one.any():
-        assert set(rendered[index_one][:, 0].tolist()) == {1}
+    assert index_one.any()
+    assert set(rendered[index_one][:, 0].tolist()) == {1}
 
 
 @pytest.mark.parametrize("frame", [0, 13, 29])
@@ -247,9 +246,7 @@ def test_monochrome1_is_inverted(tmp_path: Path) -> None:
         (RGB, 1000, (320, 240)),  # never enlarged
     ],
 )
-def test_max_size_downscales_keeping_aspect_ratio(
-    name: str, max_size: int, expected_size: tuple[int, int]
-) -> None:
+def test_max_size_downscales_keeping_aspect_ratio(name: str, max_size: int, expected_size: tuple[int, int]) -> None:
     path = _path(name)
     full = _decode_png(render_preview(path))
     small = _decode_png(render_preview(path, max_size=max_size))
