@@ -32,6 +32,18 @@ def _ae_title(value: str, name: str) -> str:
     return value
 
 
+def _mask_url(url: str) -> str:
+    """The URL with its password hidden, wherever libpq would read one (user info or ?password=)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown scheme-only
+        return url.split("://", 1)[0] + "://***"
+    query = {k: ("***" if k.lower() in ("password", "passfile", "sslpassword") else v) for k, v in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of the service; see the README's table for each variable's meaning."""
@@ -125,8 +137,7 @@ class Settings:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if f.name == "database_url" and "@" in str(value):
-                scheme, _, rest = str(value).partition("://")
-                value = f"{scheme}://***@{rest.split('@', 1)[1]}"
+            if f.name == "database_url":
+                value = _mask_url(str(value))
             out[f.name] = ",".join(value) if isinstance(value, tuple) else str(value)
         return out

@@ -102,7 +102,7 @@ def extract_index_fields(ds: Dataset) -> IndexFields:
     """
     uids = {}
     for kw in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        value = _text(ds, kw, 64)
+        value = _text(ds, kw, 1024)  # validated whole: a truncated UID would index the wrong object
         if not is_valid_uid(value):
             raise NotIndexable(f"{kw} is missing or not a valid UID")
         uids[kw] = value

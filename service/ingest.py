@@ -10,17 +10,17 @@ import enum
 import hashlib
 import logging
 import struct
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.bootstrap import Services
-from service.db import unit_of_work
-from service.dicom_index import NotIndexable, extract_index_fields
+from service.dicom_index import IndexFields, NotIndexable, extract_index_fields
 from service.models import Instance
 from service.storage import fsync_file
 
@@ -88,6 +88,10 @@ def _hash_and_size(path: Path) -> tuple[str, int, int]:
     return h.hexdigest(), offset, size
 
 
+# fsync waits on the disk without holding the GIL: it runs here while the handler parses the header.
+_FSYNC_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+
+
 def ingest_file(
     services: Services,
     path: Path,
@@ -97,6 +101,7 @@ def ingest_file(
     expected_sop_instance_uid: str | None = None,
 ) -> IngestResult:
     """Index and keep the Part 10 file at ``path`` (in the store's temp folder); consume it in every case."""
+    synced = _FSYNC_POOL.submit(fsync_file, path)
     try:
         try:
             ds = dcmread(path, stop_before_pixels=True)
@@ -113,7 +118,7 @@ def ingest_file(
 
         try:
             sha256, _offset, size = _hash_and_size(path)
-            fsync_file(path)
+            synced.result()
         except InvalidDicomError as exc:
             return IngestResult(Outcome.UNREADABLE, str(exc))
         except OSError as exc:
@@ -121,56 +126,66 @@ def ingest_file(
 
         return _index(services, path, fields, sha256, size, transfer_syntax_uid, origin)
     finally:
+        wait([synced])
         path.unlink(missing_ok=True)
 
 
-def _index(services, path, fields, sha256, size, transfer_syntax_uid, origin) -> IngestResult:  # type: ignore[no-untyped-def]
+def _index(
+    services: Services,
+    path: Path,
+    fields: IndexFields,
+    sha256: str,
+    size: int,
+    transfer_syntax_uid: str,
+    origin: Origin,
+) -> IngestResult:
+    """Move the synced file into place and index it in one transaction; the row and the file stand together."""
     store = services.store
     uid = fields.sop_instance_uid
+    table = Instance.__table__
     for _attempt in range(3):
         created_key: str | None = None
         try:
-            with unit_of_work(services.session_factory) as session:
-                versions = session.execute(
-                    select(Instance.id, Instance.sha256).where(Instance.sop_instance_uid == uid)
+            with services.engine.begin() as conn:
+                versions = conn.execute(
+                    select(table.c.id, table.c.sha256, table.c.storage_key).where(table.c.sop_instance_uid == uid)
                 ).all()
-                for row_id, row_sha in versions:
+                for row_id, row_sha, row_key in versions:
                     if row_sha == sha256:
+                        if not store.exists(row_key):
+                            # Indexed but its file is gone (never acknowledged): put this copy in its place.
+                            store.restore_file(path, row_key)
                         return IngestResult(Outcome.DUPLICATE, instance_id=row_id, sop_instance_uid=uid)
                 conflict = bool(versions)
-                key, created = store.commit_file(path, sha256)
+                received_at = services.clock()
+                key, created = store.commit_file(path, sha256, received_at.date())
                 created_key = key if created else None
-                row = Instance(
-                    sop_instance_uid=uid,
-                    sop_class_uid=fields.sop_class_uid,
-                    study_instance_uid=fields.study_instance_uid,
-                    series_instance_uid=fields.series_instance_uid,
-                    transfer_syntax_uid=transfer_syntax_uid,
-                    is_image=fields.is_image,
-                    size_bytes=size,
-                    sha256=sha256,
-                    storage_key=key,
-                    calling_ae_title=origin.calling_ae_title,
-                    peer_address=origin.peer_address,
-                    received_at=services.clock(),
-                    conflict=conflict,
-                    warnings="; ".join(fields.warnings) or None,
-                    **fields.values,
-                )
-                session.add(row)
+                row_id = conn.execute(
+                    insert(table).values(
+                        sop_instance_uid=uid,
+                        sop_class_uid=fields.sop_class_uid,
+                        study_instance_uid=fields.study_instance_uid,
+                        series_instance_uid=fields.series_instance_uid,
+                        transfer_syntax_uid=transfer_syntax_uid,
+                        is_image=fields.is_image,
+                        size_bytes=size,
+                        sha256=sha256,
+                        storage_key=key,
+                        calling_ae_title=origin.calling_ae_title,
+                        peer_address=origin.peer_address,
+                        received_at=received_at,
+                        conflict=conflict,
+                        warnings="; ".join(fields.warnings) or None,
+                        **fields.values,
+                    )
+                ).inserted_primary_key[0]
                 if conflict:
-                    session.execute(update(Instance).where(Instance.sop_instance_uid == uid).values(conflict=True))
-                session.flush()
-                result = IngestResult(
-                    Outcome.STORED,
-                    instance_id=row.id,
-                    sop_instance_uid=uid,
-                    conflict=conflict,
-                    warnings=fields.warnings,
-                )
+                    conn.execute(update(table).where(table.c.sop_instance_uid == uid).values(conflict=True))
             if conflict:
-                log.warning("stored a second version of an instance with different content (id %s)", row.id)
-            return result
+                log.warning("stored a second version of an instance with different content (id %s)", row_id)
+            return IngestResult(
+                Outcome.STORED, instance_id=row_id, sop_instance_uid=uid, conflict=conflict, warnings=fields.warnings
+            )
         except IntegrityError:
             # Another association stored the same object at the same moment: look again.
             if created_key:

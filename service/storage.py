@@ -1,7 +1,9 @@
 """Image store: content-addressed files, written tmp -> fsync -> rename -> fsync(dir).
 
-The store keeps bytes only; the database index says what they are. A key is the object's SHA-256, so two
-different versions of one SOP Instance UID can never overwrite each other.
+The store keeps bytes only; the database index says what they are and where (the key). A key is the day of
+receipt plus the SHA-256 of the content, so two different versions of one SOP Instance UID never overwrite
+each other, and a day's objects share a directory: one directory fsync per object, not a new directory
+tree per object.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import hashlib
 import os
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -19,6 +22,24 @@ TMP_DIR = "tmp"
 class ImageStore(Protocol):
     def temp_dir(self) -> Path: ...
     def commit_file(self, tmp_path: Path, sha256: str) -> tuple[str, bool]: ...
+    def restore_file(self, tmp_path: Path, key: str) -> None:
+        """Put an fsync'd copy back under an existing key whose file went missing."""
+        dest = self.root / key
+        self._make_dirs(dest.parent)
+        os.replace(tmp_path, dest)
+        _fsync_dir(dest.parent)
+
+    def _make_dirs(self, path: Path) -> None:
+        # Each directory created is made durable in its parent, top-down.
+        if path.is_dir():
+            return
+        self._make_dirs(path.parent)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            return
+        _fsync_dir(path.parent)
+
     def remove(self, key: str) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
     def path(self, key: str) -> Path: ...
@@ -51,7 +72,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 class FileStore:
-    """Objects under ``root/ab/cd/<sha256>.dcm``; in-flight files under ``root/tmp``."""
+    """Objects under ``root/YYYY/MM/DD/<sha256>.dcm``; in-flight files under ``root/tmp/<process>``."""
 
     def __init__(self, root: Path, temp_name: str = "default") -> None:
         # Each receiver process has its own temp folder, so sweeping it after a crash never touches
@@ -62,8 +83,8 @@ class FileStore:
         self._known_dirs: set[Path] = set()
 
     @staticmethod
-    def key_for(sha256: str) -> str:
-        return f"{sha256[:2]}/{sha256[2:4]}/{sha256}.dcm"
+    def key_for(sha256: str, day: date) -> str:
+        return f"{day:%Y/%m/%d}/{sha256}.dcm"
 
     def temp_dir(self) -> Path:
         return self._tmp
@@ -72,15 +93,13 @@ class FileStore:
         fd, name = tempfile.mkstemp(dir=self._tmp, suffix=".part")
         return os.fdopen(fd, "wb"), Path(name)
 
-    def commit_file(self, tmp_path: Path, sha256: str) -> tuple[str, bool]:
+    def commit_file(self, tmp_path: Path, sha256: str, day: date) -> tuple[str, bool]:
         """Move an fsync'd temp file into place. Returns (key, created); identical content already stored is kept."""
-        key = self.key_for(sha256)
+        key = self.key_for(sha256, day)
         dest = self.root / key
         parent = dest.parent
         if parent not in self._known_dirs:
-            parent.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(parent.parent)
-            _fsync_dir(parent.parent.parent)
+            self._make_dirs(parent)
             self._known_dirs.add(parent)
         if dest.exists():
             tmp_path.unlink(missing_ok=True)
@@ -88,6 +107,24 @@ class FileStore:
         os.replace(tmp_path, dest)
         _fsync_dir(parent)
         return key, True
+
+    def restore_file(self, tmp_path: Path, key: str) -> None:
+        """Put an fsync'd copy back under an existing key whose file went missing."""
+        dest = self.root / key
+        self._make_dirs(dest.parent)
+        os.replace(tmp_path, dest)
+        _fsync_dir(dest.parent)
+
+    def _make_dirs(self, path: Path) -> None:
+        # Each directory created is made durable in its parent, top-down.
+        if path.is_dir():
+            return
+        self._make_dirs(path.parent)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            return
+        _fsync_dir(path.parent)
 
     def remove(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)

@@ -76,6 +76,8 @@ class CommitmentReporter:
         if peer is None or not peer.host or not peer.port:
             return False, "peer has no registered host and port"
         ae = AE(ae_title=self._services.settings.ae_title)
+        # A peer that accepts but never answers must not hold this thread past our own network timeout.
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self._services.settings.dicom_network_timeout
         ae.add_requested_context(StorageCommitmentPushModel)
         role = build_role(StorageCommitmentPushModel, scp_role=True)
         assoc = ae.associate(peer.host, peer.port, ae_title=calling_ae, ext_neg=[role])

@@ -13,12 +13,13 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom import acse as _acse
 from pynetdicom import dimse_messages as _dimse_messages
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.presentation import PresentationContext, negotiate_unrestricted
 from pynetdicom.sop_class import ModalityPerformedProcedureStep, StorageCommitmentPushModel, Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from service.bootstrap import Services
-from service.dicom import handlers
+from service.dicom import fastpath, handlers
 from service.dicom.commitment import CommitmentReporter
 from service.peers import PeerAllowList
 
@@ -62,6 +63,14 @@ def configure_pynetdicom(services: Services) -> None:
     # Identifiers of C-FIND requests and responses contain patient data: keep them out of the logs.
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
+    # pynetdicom's "standard" event logging formats every DIMSE message even when nobody reads the log.
+    if services.settings.log_level != "DEBUG":
+        _config.LOG_HANDLER_LEVEL = "none"
+    # Per-object encoding fast paths (see service/dicom/fastpath.py for why and how they are checked).
+    _dimse_messages.create_file_meta = fastpath.create_file_meta  # type: ignore[attr-defined]
+    _dimse_messages.write_file_meta_info = fastpath.write_file_meta_info  # type: ignore[attr-defined]
+    if not hasattr(DIMSEServiceProvider.send_msg, "__wrapped__"):
+        DIMSEServiceProvider.send_msg = fastpath.fast_send_msg(DIMSEServiceProvider.send_msg)  # type: ignore[method-assign]
 
 
 class UsgiAE(AE):

@@ -72,13 +72,15 @@ class ReportCollector:
 
     def __init__(self) -> None:
         self.reports: list[tuple[int | None, Dataset, str]] = []
+        self.calling_aes: list[str] = []
         self._lock = threading.Lock()
 
-    def __call__(self, event: evt.Event) -> int:
+    def __call__(self, event: evt.Event) -> tuple[int, None]:
         info = event.event_information  # decoded here: the request is gone once the handler returns
         with self._lock:
             self.reports.append((event.event_type, info, str(event.request.AffectedSOPInstanceUID)))
-        return 0x0000
+            self.calling_aes.append(event.assoc.requestor.ae_title)
+        return 0x0000, None  # pynetdicom's N-EVENT-REPORT handler contract: (status, event reply or None)
 
     def handlers(self) -> list:
         return [(evt.EVT_N_EVENT_REPORT, self)]
@@ -131,15 +133,16 @@ def test_storage_commitment_reports_committed_and_failed_on_the_same_association
     )
 
     assert status.Status == 0x0000
-    assert reply is None
+    assert not reply, "Storage Commitment N-ACTION has no action reply"
     assert len(reports) == 1, "exactly one N-EVENT-REPORT on the association"
     event_type, info, instance_uid = reports[0]
     assert event_type == 2, "some failed -> event type 2"
     assert instance_uid == StorageCommitmentPushModelInstance
     assert info.TransactionUID == txn
     assert _pairs(info.ReferencedSOPSequence) == stored
-    failed = {(str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID)): i.FailureReason
-              for i in info.FailedSOPSequence}
+    failed = {
+        (str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID)): i.FailureReason for i in info.FailedSOPSequence
+    }
     assert failed == {never_stored: 0x0112, wrong_class: 0x0119}
     assert len(info.FailedSOPSequence) == 2
 
@@ -207,7 +210,9 @@ def test_storage_commitment_is_reported_on_a_new_association_after_release(dicom
         row = _wait_for(lambda: (r := _commitment_row(services, txn)) and r.status == "reported" and r, 5.0)
         assert row, f"commitment row not reported: {_commitment_row(services, txn)}"
         assert row.reported_at is not None and row.last_error is None
+        assert row.attempts == 1, "delivered on the first new association"
         assert len(collector.reports) == 1
+        assert collector.calling_aes == ["USGI"], "the service called the modality back"
     finally:
         server.shutdown()
 
@@ -215,7 +220,9 @@ def test_storage_commitment_is_reported_on_a_new_association_after_release(dicom
 def test_storage_commitment_rejects_missing_transaction_uid_and_unknown_action_type(dicom_server, services, tmp_path):
     stored = _store_images(dicom_server.port, tmp_path, ("ge_rgb",))
     collector = ReportCollector()
-    assoc = _commitment_ae().associate("127.0.0.1", dicom_server.port, ae_title="USGI", evt_handlers=collector.handlers())
+    assoc = _commitment_ae().associate(
+        "127.0.0.1", dicom_server.port, ae_title="USGI", evt_handlers=collector.handlers()
+    )
     assert assoc.is_established
     try:
         no_txn, _ = assoc.send_n_action(
@@ -306,7 +313,7 @@ def test_mpps_in_progress_then_completed_is_visible_in_the_api(dicom_server, ser
         assert step["study_instance_uid"] == study_uid
         assert step["accession_number"] == "ACC-MPPS-1"
         assert step["performed_station_ae_title"] == "US_ROOM_3"
-        assert step["started_at"].startswith("2024-05-06T10:30:00")
+        assert step["started_at"] == "2024-05-06T10:30:00"
         assert step["ended_at"] is None and step["instances"] == []
 
         updated, _ = assoc.send_n_set(_completed(series_uid, images), ModalityPerformedProcedureStep, pps_uid)
@@ -316,8 +323,8 @@ def test_mpps_in_progress_then_completed_is_visible_in_the_api(dicom_server, ser
 
     [step] = _steps(client, auth)
     assert step["status"] == "COMPLETED" and step["acquisition_ended"] is True
-    assert step["ended_at"].startswith("2024-05-06T10:45:12")
-    assert step["started_at"].startswith("2024-05-06T10:30:00"), "N-SET without a start keeps the start"
+    assert step["ended_at"] == "2024-05-06T10:45:12"
+    assert step["started_at"] == "2024-05-06T10:30:00", "N-SET without a start keeps the start"
     assert step["study_instance_uid"] == study_uid and step["accession_number"] == "ACC-MPPS-1"
     assert [(i["sop_class_uid"], i["sop_instance_uid"], i["series_instance_uid"]) for i in step["instances"]] == [
         (c, i, series_uid) for c, i in images
@@ -384,4 +391,4 @@ def test_mpps_discontinued_records_the_reason(dicom_server, services, client, au
     assert step["status"] == "DISCONTINUED"
     assert step["acquisition_ended"] is False
     assert step["discontinuation_reason"] == "Incorrect worklist entry selected"
-    assert step["ended_at"].startswith("2024-05-06T10:45:12")
+    assert step["ended_at"] == "2024-05-06T10:45:12"
