@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from schemas.common import PageArgs, PageMeta
 
@@ -13,6 +13,18 @@ class ImageQueryArgs(PageArgs):
     date_to = fields.DateTime(metadata={"description": "acquisition (else content, else study) time, inclusive"})
     linked = fields.Boolean(metadata={"description": "true: linked to a procedure; false: the unlinked queue"})
     conflict = fields.Boolean(metadata={"description": "true: SOP Instance UIDs stored with differing content"})
+
+    @pre_load
+    def _whole_days(self, data: object, **_: object) -> object:
+        # A bare date means the whole day: date_to=2024-01-13 includes everything taken that day.
+        if hasattr(data, "to_dict"):
+            data = data.to_dict()  # type: ignore[union-attr]
+        if isinstance(data, dict):
+            for key, suffix in (("date_from", "T00:00:00"), ("date_to", "T23:59:59.999999")):
+                value = data.get(key)
+                if isinstance(value, str) and len(value) == 10:
+                    data = {**data, key: value + suffix}
+        return data
 
     @validates_schema
     def _range(self, data: dict, **_: object) -> None:

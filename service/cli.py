@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -40,6 +42,16 @@ def _services(settings: Settings, temp_name: str | None = None):  # type: ignore
     return build_services(settings, temp_name)
 
 
+@contextlib.contextmanager
+def _one_shot() -> Iterator[Any]:
+    """Services for one command, with its database connections handed back when it ends."""
+    services = _services(_settings())
+    try:
+        yield services
+    finally:
+        services.close()
+
+
 @click.group()
 def main() -> None:
     """usgi-docs: DICOM ingest, procedure reports and FHIR for ultrasound-guided injections."""
@@ -51,8 +63,8 @@ def migrate() -> None:
     settings = _settings()
     from service.migrate import upgrade
 
-    services = _services(settings)
-    upgrade(services.engine)
+    with _one_shot() as services:
+        upgrade(services.engine)
     click.echo(f"database at {settings.describe()['database_url']} is up to date")
 
 
@@ -71,15 +83,18 @@ def token_create(role: str, name: str) -> None:
     """Create a token and print it once (only its hash is stored)."""
     from service.auth import Role, create_token
 
-    services = _services(_settings())
-    click.echo(create_token(services, Role(role), name or role))
+    with _one_shot() as services:
+        token_value = create_token(services, Role(role), name or role)
+    click.echo(token_value)
 
 
 @token.command("list")
 def token_list() -> None:
     from service.auth import list_tokens
 
-    for t in list_tokens(_services(_settings())):
+    with _one_shot() as services:
+        tokens = list_tokens(services)
+    for t in tokens:
         state = "revoked" if t.revoked_at else "active"
         click.echo(f"{t.id}\t{t.role}\t{t.name}\t{state}\t{t.created_at:%Y-%m-%d}")
 
@@ -89,7 +104,9 @@ def token_list() -> None:
 def token_revoke(token_id: int) -> None:
     from service.auth import revoke_token
 
-    if not revoke_token(_services(_settings()), token_id):
+    with _one_shot() as services:
+        revoked = revoke_token(services, token_id)
+    if not revoked:
         raise click.ClickException(f"no token {token_id}")
     click.echo(f"token {token_id} revoked")
 
@@ -112,7 +129,8 @@ def peer_add(ae_title: str, host: str | None, port: int | None, description: str
     from service.peers import add_peer
 
     try:
-        p = add_peer(_services(_settings()), ae_title, host, port, description)
+        with _one_shot() as services:
+            p = add_peer(services, ae_title, host, port, description)
     except (ValueError, Conflict) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"peer {p.ae_title} registered")
@@ -122,7 +140,9 @@ def peer_add(ae_title: str, host: str | None, port: int | None, description: str
 def peer_list() -> None:
     from service.peers import list_peers
 
-    for p in list_peers(_services(_settings())):
+    with _one_shot() as services:
+        peers = list_peers(services)
+    for p in peers:
         click.echo(f"{p.ae_title}\t{p.host or '-'}\t{p.port or '-'}\t{p.description or ''}")
 
 
@@ -133,7 +153,8 @@ def peer_remove(ae_title: str) -> None:
     from service.peers import remove_peer
 
     try:
-        remove_peer(_services(_settings()), ae_title)
+        with _one_shot() as services:
+            remove_peer(services, ae_title)
     except NotFound as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"peer {ae_title} removed")

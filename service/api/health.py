@@ -11,6 +11,7 @@ blp = Blueprint("health", __name__, description="Liveness and readiness")
 
 
 @blp.route("/healthz")
+@blp.doc(security=[])
 @blp.response(200, HealthSchema)
 def healthz() -> dict:
     """Liveness: the process answers (no token needed)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Response, current_app, request, send_file
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from schemas.images import (
     ImagePageSchema,
@@ -36,7 +37,7 @@ def _audit(action: str, entity_id: str | None, detail: dict | None = None) -> No
 
 @blp.route("/images")
 @roles(*READERS)
-@blp.arguments(ImageQueryArgs, location="query")
+@blp.arguments(ImageQueryArgs, location="query", unknown=RAISE)
 @blp.response(200, ImagePageSchema)
 def list_images(args: dict) -> dict:
     """Search the index (latest version of each instance); `linked=false` is the unlinked queue."""
@@ -48,7 +49,7 @@ def list_images(args: dict) -> dict:
 
 @blp.route("/images/<string:sop_instance_uid>")
 @roles(*READERS)
-@blp.arguments(VersionArgs, location="query")
+@blp.arguments(VersionArgs, location="query", unknown=RAISE)
 @blp.response(200, ImageSchema)
 def get_image(args: dict, sop_instance_uid: str) -> dict:
     """Metadata of one instance, with every stored version when its content was sent differently."""
@@ -59,7 +60,7 @@ def get_image(args: dict, sop_instance_uid: str) -> dict:
 
 @blp.route("/images/<string:sop_instance_uid>/dicom")
 @roles(*READERS)
-@blp.arguments(VersionArgs, location="query")
+@blp.arguments(VersionArgs, location="query", unknown=RAISE)
 @blp.response(200, description="application/dicom: the object exactly as received, with its file meta")
 def get_dicom(args: dict, sop_instance_uid: str) -> Response:
     row, _ = images.get_image(_services(), sop_instance_uid, args.get("version"))
@@ -76,7 +77,7 @@ def get_dicom(args: dict, sop_instance_uid: str) -> Response:
 
 @blp.route("/images/<string:sop_instance_uid>/preview.png")
 @roles(*READERS)
-@blp.arguments(PreviewArgs, location="query")
+@blp.arguments(PreviewArgs, location="query", unknown=RAISE)
 @blp.response(200, description="image/png: one rendered frame")
 def get_preview(args: dict, sop_instance_uid: str) -> Response:
     row, _ = images.get_image(_services(), sop_instance_uid, args.get("version"))
@@ -97,7 +98,7 @@ def get_preview(args: dict, sop_instance_uid: str) -> Response:
 
 @blp.route("/performed-procedure-steps")
 @roles(*READERS)
-@blp.arguments(PerformedStepArgs, location="query")
+@blp.arguments(PerformedStepArgs, location="query", unknown=RAISE)
 @blp.response(200, PerformedStepSchema(many=True))
 def list_performed_steps(args: dict) -> list:
     """Modality Performed Procedure Steps received (MPPS); COMPLETED means acquisition has ended."""
