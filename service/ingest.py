@@ -9,9 +9,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+import os
 import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydicom import dcmread
@@ -20,8 +23,9 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.bootstrap import Services
+from service.db import unit_of_work
 from service.dicom_index import IndexFields, NotIndexable, extract_index_fields
-from service.models import Instance
+from service.models import IngestCheckpoint, Instance
 from service.storage import fsync_file
 
 log = logging.getLogger(__name__)
@@ -139,65 +143,199 @@ def _index(
     transfer_syntax_uid: str,
     origin: Origin,
 ) -> IngestResult:
-    """Move the synced file into place and index it in one transaction; the row and the file stand together."""
+    """Put the synced file in place (rename, fsync the directory), then index it in one short transaction.
+
+    The file is made durable before the row exists, so the write lock of the index is held only for the
+    few statements of the row itself (a SQLite database has one writer at a time, across processes).
+    """
     store = services.store
     uid = fields.sop_instance_uid
     table = Instance.__table__
+    received_at = services.clock()
+    try:
+        key, created = store.commit_file(path, sha256, received_at.date())
+    except OSError as exc:
+        return IngestResult(Outcome.STORE_FAILED, f"write failed: {exc.strerror}", no_space=exc.errno == 28)
     for _attempt in range(3):
-        created_key: str | None = None
         try:
-            with services.engine.begin() as conn:
+            with services.ingest_engine.begin() as conn:  # type: ignore[union-attr]
                 versions = conn.execute(
                     select(table.c.id, table.c.sha256, table.c.storage_key).where(table.c.sop_instance_uid == uid)
                 ).all()
-                for row_id, row_sha, row_key in versions:
-                    if row_sha == sha256:
-                        if not store.exists(row_key):
-                            # Indexed but its file is gone (never acknowledged): put this copy in its place.
-                            store.restore_file(path, row_key)
-                        return IngestResult(Outcome.DUPLICATE, instance_id=row_id, sop_instance_uid=uid)
-                conflict = bool(versions)
-                received_at = services.clock()
-                key, created = store.commit_file(path, sha256, received_at.date())
-                created_key = key if created else None
-                row_id = conn.execute(
-                    insert(table).values(
-                        sop_instance_uid=uid,
-                        sop_class_uid=fields.sop_class_uid,
-                        study_instance_uid=fields.study_instance_uid,
-                        series_instance_uid=fields.series_instance_uid,
-                        transfer_syntax_uid=transfer_syntax_uid,
-                        is_image=fields.is_image,
-                        size_bytes=size,
-                        sha256=sha256,
-                        storage_key=key,
-                        calling_ae_title=origin.calling_ae_title,
-                        peer_address=origin.peer_address,
-                        received_at=received_at,
-                        conflict=conflict,
-                        warnings="; ".join(fields.warnings) or None,
-                        **fields.values,
-                    )
-                ).inserted_primary_key[0]
-                if conflict:
-                    conn.execute(update(table).where(table.c.sop_instance_uid == uid).values(conflict=True))
-            if conflict:
-                log.warning("stored a second version of an instance with different content (id %s)", row_id)
-            return IngestResult(
-                Outcome.STORED, instance_id=row_id, sop_instance_uid=uid, conflict=conflict, warnings=fields.warnings
-            )
+                same = next((v for v in versions if v.sha256 == sha256), None)
+                if same is None:
+                    conflict = bool(versions)
+                    row_id = conn.execute(
+                        insert(table).values(
+                            sop_instance_uid=uid,
+                            sop_class_uid=fields.sop_class_uid,
+                            study_instance_uid=fields.study_instance_uid,
+                            series_instance_uid=fields.series_instance_uid,
+                            transfer_syntax_uid=transfer_syntax_uid,
+                            is_image=fields.is_image,
+                            size_bytes=size,
+                            sha256=sha256,
+                            storage_key=key,
+                            calling_ae_title=origin.calling_ae_title,
+                            peer_address=origin.peer_address,
+                            received_at=received_at,
+                            conflict=conflict,
+                            warnings="; ".join(fields.warnings) or None,
+                            **fields.values,
+                        )
+                    ).inserted_primary_key[0]
+                    if conflict:
+                        conn.execute(update(table).where(table.c.sop_instance_uid == uid).values(conflict=True))
         except IntegrityError:
-            # Another association stored the same object at the same moment: look again.
-            if created_key:
-                store.remove(created_key)
-            continue
-        except OSError as exc:
-            if created_key:
-                store.remove(created_key)
-            return IngestResult(Outcome.STORE_FAILED, f"write failed: {exc.strerror}", no_space=exc.errno == 28)
+            continue  # the same object stored by another association at the same moment: look again
         except Exception as exc:  # noqa: BLE001 - database down or similar: refuse, keep nothing
-            if created_key:
-                store.remove(created_key)
+            if created:
+                store.remove(key)
             log.error("indexing failed: %s", type(exc).__name__)
             return IngestResult(Outcome.STORE_FAILED, "the index could not be written")
+        if same is not None:
+            if same.storage_key != key and created:
+                # Stored earlier under another day's key: keep that copy, or put this one there if it is gone.
+                if store.exists(same.storage_key):
+                    store.remove(key)
+                else:
+                    store.restore_file(store.path(key), same.storage_key)
+            return IngestResult(Outcome.DUPLICATE, instance_id=same.id, sop_instance_uid=uid)
+        services.note_ingest()
+        if conflict:
+            log.warning("stored a second version of an instance with different content (id %s)", row_id)
+        return IngestResult(
+            Outcome.STORED, instance_id=row_id, sop_instance_uid=uid, conflict=conflict, warnings=fields.warnings
+        )
+    if created:
+        store.remove(key)
     return IngestResult(Outcome.STORE_FAILED, "the index could not be written (repeated conflicts)")
+
+
+# --- durability of the index on SQLite --------------------------------------------------------------------
+
+RECOVERY_MARGIN = timedelta(seconds=5)
+
+
+def index_barrier(services: Services) -> None:
+    """Make every index row committed so far durable (one fsync'd commit), and record when.
+
+    On SQLite the WAL is one append-only file: an fsync'd commit makes all earlier frames durable,
+    whichever connection or process wrote them.
+    """
+    started = services.clock()
+    with unit_of_work(services.session_factory) as s:
+        s.execute(update(IngestCheckpoint).where(IngestCheckpoint.id == 1).values(durable_before=started))
+
+
+def recover_index(services: Services) -> int:
+    """Index stored files that an unclean stop left without a durable index row; returns how many.
+
+    Only files newer than the last barrier (minus a margin) are looked at: those are the only ones whose
+    row can have been lost. Their origin (calling AE) is unknown and recorded as such.
+    """
+    with unit_of_work(services.session_factory) as s:
+        since = s.scalar(select(IngestCheckpoint.durable_before).where(IngestCheckpoint.id == 1))
+    if since is None:
+        return 0
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    since -= RECOVERY_MARGIN
+    recovered = 0
+    table = Instance.__table__
+    day = since.date()
+    today = services.clock().date()
+    while day <= today:
+        folder = services.store.root / f"{day:%Y/%m/%d}"
+        day += timedelta(days=1)
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            if not entry.name.endswith(".dcm") or entry.stat().st_mtime < since.timestamp():
+                continue
+            key = f"{folder.relative_to(services.store.root).as_posix()}/{entry.name}"
+            with services.engine.connect() as conn:
+                if conn.execute(select(table.c.id).where(table.c.storage_key == key)).first():
+                    continue
+            if _reindex(services, Path(entry.path), key, entry.stat()):
+                recovered += 1
+    if recovered:
+        log.warning("re-indexed %d stored object(s) whose index rows were lost in an unclean stop", recovered)
+    index_barrier(services)
+    return recovered
+
+
+def _reindex(services: Services, path: Path, key: str, stat: os.stat_result) -> bool:
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+        fields = extract_index_fields(ds)
+        sha256, _offset, size = _hash_and_size(path)
+    except Exception:  # noqa: BLE001 - not ours to judge now: leave the file for a person to look at
+        log.error("a stored file could not be re-indexed: %s", key)
+        return False
+    table = Instance.__table__
+    try:
+        with services.engine.begin() as conn:
+            if conn.execute(
+                select(table.c.id).where(table.c.sop_instance_uid == fields.sop_instance_uid, table.c.sha256 == sha256)
+            ).first():
+                return False
+            conn.execute(
+                insert(table).values(
+                    sop_instance_uid=fields.sop_instance_uid,
+                    sop_class_uid=fields.sop_class_uid,
+                    study_instance_uid=fields.study_instance_uid,
+                    series_instance_uid=fields.series_instance_uid,
+                    transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+                    is_image=fields.is_image,
+                    size_bytes=size,
+                    sha256=sha256,
+                    storage_key=key,
+                    calling_ae_title=None,
+                    peer_address="recovered",
+                    received_at=datetime.fromtimestamp(stat.st_mtime, UTC),
+                    conflict=False,
+                    warnings="; ".join([*fields.warnings, "re-indexed after an unclean stop"]),
+                    **fields.values,
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+class IndexSyncer:
+    """Runs the index barrier about once a second while objects arrive (SQLite only; a no-op otherwise)."""
+
+    def __init__(self, services: Services, interval: float = 1.0) -> None:
+        self._services = services
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def needed(self) -> bool:
+        return self._services.ingest_engine is not self._services.engine
+
+    def start(self) -> None:
+        if self.needed:
+            self._thread = threading.Thread(target=self._run, name="index-barrier", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.needed and self._services.take_ingest_count():
+            try:
+                index_barrier(self._services)
+            except Exception:  # noqa: BLE001 - retried at the next tick; files stay the durable record
+                log.exception("index barrier failed")
+                self._services.note_ingest()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.flush()

@@ -82,7 +82,7 @@ class Instance(Base):
     is_image: Mapped[bool] = mapped_column(Boolean)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
-    storage_key: Mapped[str] = mapped_column(String(255))
+    storage_key: Mapped[str] = mapped_column(String(255), index=True)
     calling_ae_title: Mapped[str | None] = mapped_column(String(16), nullable=True)
     peer_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -159,3 +159,15 @@ class AuditEvent(Base):
     entity_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     source: Mapped[str | None] = mapped_column(String(64), nullable=True)
     detail: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
+
+
+class IngestCheckpoint(Base):
+    """One row: every index row committed before ``durable_before`` is known to be on disk.
+
+    On SQLite the ingest path commits without fsync; a periodic fsync'd commit (a barrier) advances this
+    time. After an unclean stop, stored files newer than it that have no index row are indexed again.
+    """
+
+    __tablename__ = "ingest_checkpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    durable_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))

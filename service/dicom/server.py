@@ -21,6 +21,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from service.bootstrap import Services
 from service.dicom import fastpath, handlers
 from service.dicom.commitment import CommitmentReporter
+from service.ingest import IndexSyncer, recover_index
 from service.peers import PeerAllowList
 
 log = logging.getLogger("service.dicom")
@@ -127,6 +128,7 @@ class DicomServer:
         self._reuse_port = reuse_port
         self._server: ThreadedAssociationServer | None = None
         self._sweeper_stop = threading.Event()
+        self.syncer = IndexSyncer(services)
 
     def handlers(self) -> list[tuple]:  # type: ignore[type-arg]
         s = self.services
@@ -148,6 +150,9 @@ class DicomServer:
         removed = self.services.store.sweep_temp()
         if removed:
             log.warning("removed %d incomplete transfer(s) left by an earlier stop", removed)
+        if self.syncer.needed:
+            recover_index(self.services)
+        self.syncer.start()
         server_class = ReusePortServer if self._reuse_port else UsgiServer
         server = self.ae.make_server(
             (settings.dicom_host, settings.dicom_port),
@@ -184,3 +189,4 @@ class DicomServer:
         if left:
             log.warning("aborting %d association(s) still open after %.0f s", left, grace)
         self.ae.shutdown()
+        self.syncer.stop()
