@@ -5,14 +5,15 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
-from service.db import make_engine, make_session_factory
+from service.db import NoLock, make_engine, make_session_factory, write_lock_for
 from service.storage import FileStore
 
 
@@ -29,6 +30,7 @@ class Services:
     # The engine of the C-STORE index writes: on SQLite without fsync per commit (see service/ingest.py).
     ingest_engine: Engine | None = None
     clock: Callable[[], datetime] = utcnow
+    write_lock: AbstractContextManager[None] = field(default_factory=NoLock)
 
     def __post_init__(self) -> None:
         if self.ingest_engine is None:
@@ -65,4 +67,5 @@ def build_services(settings: Settings, temp_name: str | None = None) -> Services
         session_factory=make_session_factory(engine),
         store=store,
         ingest_engine=ingest_engine,
+        write_lock=write_lock_for(engine),
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,3 +63,51 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+class SqliteWriteLock:
+    """Serialises index writers of one SQLite database across threads and processes, without polling.
+
+    SQLite admits one writer at a time; a writer that finds the lock taken sleeps in SQLite's busy
+    handler (1, 2, 5, 10 ... ms), far longer than an index write holds it. Waiting on a kernel file lock
+    instead wakes the next writer the moment the lock is released.
+    """
+
+    def __init__(self, database_path: Path) -> None:
+        self._path = database_path.with_name(database_path.name + ".writelock")
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+
+class NoLock:
+    """The server database (PostgreSQL) handles concurrent writers itself."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+def write_lock_for(engine: Engine) -> SqliteWriteLock | NoLock:
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        return SqliteWriteLock(Path(database))
+    return NoLock()

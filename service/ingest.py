@@ -158,7 +158,7 @@ def _index(
         return IngestResult(Outcome.STORE_FAILED, f"write failed: {exc.strerror}", no_space=exc.errno == 28)
     for _attempt in range(3):
         try:
-            with services.ingest_engine.begin() as conn:  # type: ignore[union-attr]
+            with services.write_lock, services.ingest_engine.begin() as conn:  # type: ignore[union-attr]
                 versions = conn.execute(
                     select(table.c.id, table.c.sha256, table.c.storage_key).where(table.c.sop_instance_uid == uid)
                 ).all()
@@ -224,7 +224,7 @@ def index_barrier(services: Services) -> None:
     whichever connection or process wrote them.
     """
     started = services.clock()
-    with unit_of_work(services.session_factory) as s:
+    with services.write_lock, unit_of_work(services.session_factory) as s:
         s.execute(update(IngestCheckpoint).where(IngestCheckpoint.id == 1).values(durable_before=started))
 
 
