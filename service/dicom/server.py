@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
 import threading
 import time
@@ -19,7 +20,7 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep, StorageCommitme
 from pynetdicom.transport import ThreadedAssociationServer
 
 from service.bootstrap import Services
-from service.dicom import fastpath, handlers
+from service.dicom import fastpath, handlers, reactor
 from service.dicom.commitment import CommitmentReporter
 from service.ingest import IndexSyncer, recover_index
 from service.peers import PeerAllowList
@@ -70,6 +71,8 @@ def configure_pynetdicom(services: Services) -> None:
     # Per-object encoding fast paths (see service/dicom/fastpath.py for why and how they are checked).
     _dimse_messages.create_file_meta = fastpath.create_file_meta  # type: ignore[attr-defined]
     _dimse_messages.write_file_meta_info = fastpath.write_file_meta_info  # type: ignore[attr-defined]
+    if not os.environ.get("USGI_NO_REACTOR_PATCH"):
+        reactor.install()
     if not hasattr(DIMSEServiceProvider.send_msg, "__wrapped__"):
         DIMSEServiceProvider.send_msg = fastpath.fast_send_msg(DIMSEServiceProvider.send_msg)  # type: ignore[method-assign]
 
