@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import socket
 import threading
 import time
@@ -71,8 +70,7 @@ def configure_pynetdicom(services: Services) -> None:
     # Per-object encoding fast paths (see service/dicom/fastpath.py for why and how they are checked).
     _dimse_messages.create_file_meta = fastpath.create_file_meta  # type: ignore[attr-defined]
     _dimse_messages.write_file_meta_info = fastpath.write_file_meta_info  # type: ignore[attr-defined]
-    if not os.environ.get("USGI_NO_REACTOR_PATCH"):
-        reactor.install()
+    reactor.install()
     if not hasattr(DIMSEServiceProvider.send_msg, "__wrapped__"):
         DIMSEServiceProvider.send_msg = fastpath.fast_send_msg(DIMSEServiceProvider.send_msg)  # type: ignore[method-assign]
 
