@@ -16,9 +16,11 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 from sqlalchemy import Boolean, Integer, bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
@@ -106,6 +108,87 @@ def _read_indexed(path: Path) -> tuple[IndexFields, str, int]:
     return fields, h.hexdigest(), size
 
 
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+# Explicit VRs with 2 reserved bytes and a 32-bit length (PS3.5 Table 7.1-1).
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+
+
+def check_complete(path: Path, transfer_syntax_uid: str) -> None:
+    """Walk every element header of the data set to the end of the file: each value must fit (PS3.5 §7).
+
+    The index readers stop after the header (pydicom before the pixel data) and pydicom reads a value cut
+    short by the end of the file without complaint, so a truncated data set, or foreign bytes that happen
+    to decode as an element or two, would otherwise be acknowledged. Raises :class:`InvalidDicomError`.
+    """
+    ts = UID(transfer_syntax_uid)
+    if ts.is_deflated:
+        return  # inflating a truncated stream already fails in pydicom (zlib)
+    endian = "<" if ts.is_little_endian else ">"
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        start = dataset_offset(f.read(1 << 16))
+        f.seek(start)
+        implicit = ts.is_implicit_VR
+        first = f.read(6)
+        if not implicit and len(first) == 6 and not first[4:6].isalpha():
+            # Encoded implicit despite the negotiated explicit syntax: pydicom reads these (with a warning),
+            # and so must we, or a sloppy encoder's images are lost.
+            implicit = True
+        f.seek(start)
+        _skip_elements(f, size, implicit, endian, None)
+
+
+def _skip_value(f: BinaryIO, size: int, length: int) -> None:
+    if f.tell() + length > size:
+        raise InvalidDicomError("an element runs past the end of the data set")
+    f.seek(length, 1)
+
+
+def _skip_elements(f: BinaryIO, size: int, implicit: bool, endian: str, delimiter: int | None) -> None:
+    """Elements up to the end of the file (``delimiter`` None) or up to the (FFFE,``delimiter``) tag."""
+    while True:
+        head = f.read(8)
+        if not head and delimiter is None:
+            return
+        if len(head) < 8:
+            raise InvalidDicomError("data set truncated")
+        group, element = struct.unpack(endian + "HH", head[:4])
+        if group == 0xFFFE and element == delimiter:
+            return
+        vr = None if implicit or group == 0xFFFE else head[4:6]
+        if vr is None:
+            (length,) = struct.unpack(endian + "L", head[4:])
+        elif vr in _LONG_VRS:
+            extra = f.read(4)
+            if len(extra) < 4:
+                raise InvalidDicomError("data set truncated")
+            (length,) = struct.unpack(endian + "L", extra)
+        else:
+            (length,) = struct.unpack(endian + "H", head[6:])
+        if length == _UNDEFINED_LENGTH:
+            _skip_items(f, size, implicit or vr == b"UN", endian)  # UN sequence content is implicit VR
+        else:
+            _skip_value(f, size, length)
+
+
+def _skip_items(f: BinaryIO, size: int, implicit: bool, endian: str) -> None:
+    """Items of an undefined-length sequence or of encapsulated pixel data, up to the sequence delimiter."""
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            raise InvalidDicomError("data set truncated")
+        group, element, length = struct.unpack(endian + "HHL", head)
+        if group == 0xFFFE and element == _SEQUENCE_END:
+            return
+        if group != 0xFFFE or element != _ITEM:
+            raise InvalidDicomError("an item was expected")
+        if length == _UNDEFINED_LENGTH:
+            _skip_elements(f, size, implicit, endian, _ITEM_END)
+        else:
+            _skip_value(f, size, length)
+
+
 # fsync waits on the disk without holding the GIL: it runs here while the handler parses the header.
 _FSYNC_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
 
@@ -122,6 +205,7 @@ def ingest_file(
     synced = _FSYNC_POOL.submit(fsync_file, path)
     try:
         try:
+            check_complete(path, transfer_syntax_uid)
             fields, sha256, size = _read_indexed(path)
         except NotIndexable as exc:
             return IngestResult(Outcome.NOT_INDEXABLE, str(exc))

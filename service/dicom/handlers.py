@@ -7,6 +7,7 @@ become pynetdicom's catch-all 0xC211, which tells a modality nothing.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
@@ -29,6 +30,17 @@ log = logging.getLogger("service.dicom")
 def _origin(event: Event) -> Origin:
     requestor = event.assoc.requestor
     return Origin("dicom", requestor.ae_title, f"{requestor.address}:{requestor.port}")
+
+
+def handle_conn_close(event: Event) -> None:
+    """A connection that ends in the middle of a C-STORE (A-ABORT, dropped TCP, network timeout, shutdown)
+    leaves pynetdicom's partial data set file open in the store's temp folder: close and remove it now."""
+    message = getattr(event.assoc.dimse, "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if partial is not None:
+        partial.close()
+        Path(partial.name).unlink(missing_ok=True)
+        log.info("removed the partial data set of an interrupted C-STORE")
 
 
 def handle_echo(event: Event) -> int:

@@ -134,6 +134,7 @@ class DicomServer:
     def handlers(self) -> list[tuple]:  # type: ignore[type-arg]
         s = self.services
         return [
+            (evt.EVT_CONN_CLOSE, handlers.handle_conn_close),
             (evt.EVT_C_ECHO, handlers.handle_echo),
             (evt.EVT_C_STORE, handlers.handle_store, [s]),
             (evt.EVT_N_CREATE, handlers.handle_n_create, [s]),

@@ -199,8 +199,17 @@ def _check_native_length(header: Dataset, pi: str, length: int | None) -> dict[s
 
 def _decode_frame(path: Path, header: Dataset, frame: int, overrides: dict[str, str]) -> np.ndarray:
     """Decode only frame ``frame``; YBR_FULL(_422) comes back as RGB (``raw=False``)."""
+    src: Path | Dataset = path
+    if UID(header.file_meta.get("TransferSyntaxUID") or "").is_deflated:
+        # pixel_array(path) parses the file as stored: it cannot see through a deflated data set.
+        try:
+            src = dcmread(path)
+        except OSError:
+            raise
+        except Exception as exc:
+            raise PreviewError(PreviewError.NOT_DICOM) from exc
     try:
-        arr: np.ndarray = pixel_array(path, index=frame, **overrides)
+        arr: np.ndarray = pixel_array(src, index=frame, **overrides)
     except OSError:
         raise
     except AttributeError as exc:  # pydicom: the dataset has no (Float) Pixel Data element
