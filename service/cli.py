@@ -201,17 +201,51 @@ class _DicomWorkers:
                     log.error("DICOM worker %d exited with %s; restarting it", i, p.returncode)
                     self._spawn(i)
 
-    def stop(self, grace: float) -> None:
+    def signal_stop(self) -> None:
+        """SIGTERM every worker: each stops accepting at once and finishes its associations."""
         self._stopping = True
         for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
+
+    def stop(self, grace: float) -> None:
+        self.signal_stop()
         deadline = time.monotonic() + grace + 5
         for p in self.procs.values():
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+class _InFlight:
+    """WSGI middleware counting requests in flight, so a stop can wait for them (up to the grace period)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def _done(self) -> None:
+        with self._idle:
+            self._count -= 1
+            self._idle.notify_all()
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        from werkzeug.wsgi import ClosingIterator
+
+        with self._idle:
+            self._count += 1
+        try:
+            body = self.app(environ, start_response)
+        except BaseException:
+            self._done()
+            raise
+        return ClosingIterator(body, [self._done])
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._count == 0, timeout=timeout)
 
 
 @main.command()
@@ -258,9 +292,8 @@ def serve() -> None:
         dicom_server.start()
 
     app = create_app(settings, services)
-    http = make_server(settings.http_host, settings.http_port, app, threaded=True)
-    # On stop, let requests in flight finish: server_close() joins their threads.
-    http.daemon_threads, http.block_on_close = False, True
+    in_flight = _InFlight(app)
+    http = make_server(settings.http_host, settings.http_port, in_flight, threaded=True)
     threading.Thread(target=http.serve_forever, name="http", daemon=True).start()
     click.echo(f"usgi-docs HTTP  http://{settings.http_host}:{http.server_port}/ (GET /healthz)")
     click.echo(
@@ -270,12 +303,21 @@ def serve() -> None:
     sys.stdout.flush()
 
     stop.event.wait()
-    http.shutdown()
-    http.server_close()
+    # First stop accepting everywhere, then let what is in flight finish.
     if dicom_server is not None:
-        dicom_server.stop()
+        dicom_server.stop_accepting()
     if workers is not None:
-        workers.stop(settings.shutdown_grace_seconds)
+        workers.signal_stop()
+    http.shutdown()
+    deadline = time.monotonic() + settings.shutdown_grace_seconds
+    if not in_flight.wait_idle(settings.shutdown_grace_seconds):
+        log.warning("HTTP requests still running after the grace period are cut off")
+    http.server_close()
+    remaining = max(0.0, deadline - time.monotonic())
+    if dicom_server is not None:
+        dicom_server.stop(grace_seconds=remaining)
+    if workers is not None:
+        workers.stop(remaining)
     services.close()
     log.info("stopped")
 

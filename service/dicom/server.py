@@ -176,19 +176,23 @@ class DicomServer:
     def active_associations(self) -> int:
         return sum(1 for a in self.ae.active_associations if a.is_acceptor)
 
+    def stop_accepting(self) -> None:
+        """Close the listening socket; associations already open go on."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
     def stop(self, grace_seconds: float | None = None) -> None:
         """Stop accepting, let associations in flight finish (up to the grace period), then abort the rest."""
         grace = self.services.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        self.stop_accepting()
         self._sweeper_stop.set()
-        self.reporter.stop()
-        if self._server is not None:
-            self._server.shutdown()  # closes the listening socket; running associations go on
-            self._server = None
         deadline = time.monotonic() + grace
         while self.active_associations() and time.monotonic() < deadline:
             time.sleep(0.05)
         left = self.active_associations()
         if left:
             log.warning("aborting %d association(s) still open after %.0f s", left, grace)
+        self.reporter.stop()
         self.ae.shutdown()
         self.syncer.stop()
