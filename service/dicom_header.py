@@ -52,6 +52,7 @@ _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _IMPLICIT = "1.2.840.10008.1.2"
+_PIXEL_ELEMENTS = (0x0008, 0x0009, 0x0010)  # (7FE0,xxxx) Float, Double Float and Pixel Data
 _NOT_HANDLED_SYNTAXES = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})  # big endian, deflate
 _CHARSETS = {"": "latin-1", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 
@@ -168,3 +169,25 @@ def _read_header(buf: bytes, complete: bool) -> Header:
             except UnicodeDecodeError as exc:
                 raise Unsupported("text not in its declared character set") from exc
     return out
+
+
+def walk_complete(buf: bytes, start: int, implicit: bool) -> bool:
+    """Walk every element from ``start`` to the end of ``buf``; raise :class:`Unsupported` unless each fits.
+
+    The in-memory twin of ``service.ingest.check_complete`` for objects read whole (little endian only).
+    Returns whether the data set has (float) pixel data at its top level.
+    """
+    pixels = False
+    try:
+        pos, n = start, len(buf)
+        if start > n:
+            raise Unsupported("the data ends inside the file meta information")
+        while pos < n:
+            if pos + 8 > n:
+                raise Unsupported("truncated element header")
+            group, elem = struct.unpack_from("<HH", buf, pos)
+            pixels = pixels or (group == 0x7FE0 and elem in _PIXEL_ELEMENTS)
+            pos, _vr, _value_pos, _length = _element(buf, pos, implicit)
+    except (struct.error, IndexError) as exc:
+        raise Unsupported(f"malformed data set: {type(exc).__name__}") from exc
+    return pixels

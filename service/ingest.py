@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from service.bootstrap import Services
 from service.db import unit_of_work
-from service.dicom_header import read_header
+from service.dicom_header import Unsupported, read_header, walk_complete
 from service.dicom_index import IndexFields, NotIndexable, extract_index_fields
 from service.models import IngestCheckpoint, Instance
 from service.storage import fsync_file
@@ -84,11 +84,16 @@ def dataset_offset(head: bytes) -> int:
 _HEAD_BYTES = 1 << 20
 
 
-def _read_indexed(path: Path) -> tuple[IndexFields, str, int]:
-    """Index fields, SHA-256 of the dataset as received (file meta excluded) and file size, in one read.
+def _walkable(transfer_syntax_uid: str) -> bool:
+    return transfer_syntax_uid not in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99")
 
-    The header comes from the fast reader (service/dicom_header.py) when it can, else from pydicom.
-    Raises NotIndexable, or any parse error for bytes that are not a usable data set.
+
+def _read_indexed(path: Path, transfer_syntax_uid: str) -> tuple[IndexFields, str, int]:
+    """Check the data set is whole, then return its index fields, SHA-256 (file meta excluded) and file size.
+
+    One read serves all three for objects up to 1 MiB (the walk and the header reader work in memory);
+    larger ones are walked on disk. The header comes from the fast reader (service/dicom_header.py) when it
+    can, else from pydicom. Raises InvalidDicomError (incomplete), NotIndexable, or a parse error.
     """
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -99,12 +104,23 @@ def _read_indexed(path: Path) -> tuple[IndexFields, str, int]:
         while chunk := f.read(1 << 20):
             h.update(chunk)
             size += len(chunk)
+    whole = size == len(head)
     try:
-        fields = extract_index_fields(read_header(head, complete=size == len(head)))
+        if not (whole and _walkable(transfer_syntax_uid)):
+            raise Unsupported("walk on disk")
+        pixels = walk_complete(head, offset, implicit=transfer_syntax_uid == "1.2.840.10008.1.2")
+    except Unsupported:
+        pixels = check_complete(path, transfer_syntax_uid)
+    try:
+        fields = extract_index_fields(read_header(head, complete=whole))
     except NotIndexable:
         raise
     except Exception:  # noqa: BLE001 - anything unusual: let pydicom read it
         fields = extract_index_fields(dcmread(path, stop_before_pixels=True))
+    if fields.is_image and pixels is False:
+        # Pixel Data is Type 1 in every image IOD; an image cut off before it (exactly at an element
+        # boundary, which no length check can see) must not be acknowledged.
+        raise NotIndexable("image object without Pixel Data")
     return fields, h.hexdigest(), size
 
 
@@ -114,7 +130,7 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 
 
-def check_complete(path: Path, transfer_syntax_uid: str) -> None:
+def check_complete(path: Path, transfer_syntax_uid: str) -> bool | None:
     """Walk every element header of the data set to the end of the file: each value must fit (PS3.5 §7).
 
     The index readers stop after the header (pydicom before the pixel data) and pydicom reads a value cut
@@ -123,7 +139,7 @@ def check_complete(path: Path, transfer_syntax_uid: str) -> None:
     """
     ts = UID(transfer_syntax_uid)
     if ts.is_deflated:
-        return  # inflating a truncated stream already fails in pydicom (zlib)
+        return None  # inflating a truncated stream already fails in pydicom (zlib); pixels unknown
     endian = "<" if ts.is_little_endian else ">"
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -136,7 +152,7 @@ def check_complete(path: Path, transfer_syntax_uid: str) -> None:
             # and so must we, or a sloppy encoder's images are lost.
             implicit = True
         f.seek(start)
-        _skip_elements(f, size, implicit, endian, None)
+        return _skip_elements(f, size, implicit, endian, None)
 
 
 def _skip_value(f: BinaryIO, size: int, length: int) -> None:
@@ -145,17 +161,22 @@ def _skip_value(f: BinaryIO, size: int, length: int) -> None:
     f.seek(length, 1)
 
 
-def _skip_elements(f: BinaryIO, size: int, implicit: bool, endian: str, delimiter: int | None) -> None:
-    """Elements up to the end of the file (``delimiter`` None) or up to the (FFFE,``delimiter``) tag."""
+def _skip_elements(f: BinaryIO, size: int, implicit: bool, endian: str, delimiter: int | None) -> bool:
+    """Elements up to the end of the file (``delimiter`` None) or up to the (FFFE,``delimiter``) tag.
+
+    Returns whether (float) pixel data was among them.
+    """
+    pixels = False
     while True:
         head = f.read(8)
         if not head and delimiter is None:
-            return
+            return pixels
         if len(head) < 8:
             raise InvalidDicomError("data set truncated")
         group, element = struct.unpack(endian + "HH", head[:4])
         if group == 0xFFFE and element == delimiter:
-            return
+            return pixels
+        pixels = pixels or (group == 0x7FE0 and element in (0x0008, 0x0009, 0x0010))
         vr = None if implicit or group == 0xFFFE else head[4:6]
         if vr is None:
             (length,) = struct.unpack(endian + "L", head[4:])
@@ -205,8 +226,7 @@ def ingest_file(
     synced = _FSYNC_POOL.submit(fsync_file, path)
     try:
         try:
-            check_complete(path, transfer_syntax_uid)
-            fields, sha256, size = _read_indexed(path)
+            fields, sha256, size = _read_indexed(path, transfer_syntax_uid)
         except NotIndexable as exc:
             return IngestResult(Outcome.NOT_INDEXABLE, str(exc))
         except Exception as exc:  # noqa: BLE001 - any parse failure of foreign bytes is "cannot understand"
@@ -384,7 +404,7 @@ def recover_index(services: Services) -> int:
 def _reindex(services: Services, path: Path, key: str, stat: os.stat_result) -> bool:
     try:
         ds = dcmread(path, stop_before_pixels=True)
-        fields, sha256, size = _read_indexed(path)
+        fields, sha256, size = _read_indexed(path, str(ds.file_meta.TransferSyntaxUID))
     except Exception:  # noqa: BLE001 - not ours to judge now: leave the file for a person to look at
         log.error("a stored file could not be re-indexed: %s", key)
         return False

@@ -47,7 +47,7 @@ def handle_echo(event: Event) -> int:
     return st.SUCCESS
 
 
-def handle_store(event: Event, services: Services) -> Dataset:
+def handle_store(event: Event, services: Services) -> int | Dataset:
     """C-STORE: answered 0x0000 only after the object is fsync'd, in place and indexed (ingest_file)."""
     try:
         req = event.request
@@ -63,13 +63,12 @@ def handle_store(event: Event, services: Services) -> Dataset:
         log.exception("C-STORE failed unexpectedly")
         return st.status_dataset(st.PROCESSING_FAILURE, "internal error")
     status = st.store_status(result)
-    log.info(
-        "C-STORE from %s: %s (status 0x%04X)%s",
-        event.assoc.requestor.ae_title,
-        result.outcome.value,
-        status.Status,
-        f" [{result.message}]" if result.message else "",
-    )
+    if log.isEnabledFor(logging.INFO):
+        code = status if isinstance(status, int) else status.Status
+        detail = f" [{result.message}]" if result.message else ""
+        log.info(
+            "C-STORE from %s: %s (status 0x%04X)%s", event.assoc.requestor.ae_title, result.outcome.value, code, detail
+        )
     return status
 
 
