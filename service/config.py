@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 
@@ -65,7 +65,6 @@ class Settings:
     payer_rules: str = "us-cms"
     log_level: str = "INFO"
     shutdown_grace_seconds: int = 30
-    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Derived defaults follow USGI_DATA_DIR unless set explicitly.
@@ -134,8 +133,6 @@ class Settings:
         """The effective settings with secrets masked, for the start-up log."""
         out: dict[str, str] = {}
         for f in fields(self):
-            if f.name == "extra":
-                continue
             value = getattr(self, f.name)
             if f.name == "database_url":
                 value = _mask_url(str(value))

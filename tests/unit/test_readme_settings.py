@@ -1,0 +1,18 @@
+"""Every setting is documented in the README's table, and the table names no setting that does not exist."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+
+from service.config import Settings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_documents_exactly_the_settings():
+    documented = set(re.findall(r"`(USGI_[A-Z_]+)`", README.read_text()))
+    documented -= {"USGI_TEST_DATABASE_URL"}  # the test suite's own switch, documented under Development
+    expected = {f"USGI_{f.name.upper()}" for f in fields(Settings)}
+    assert documented == expected
