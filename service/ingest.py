@@ -223,6 +223,9 @@ def ingest_file(
     expected_sop_instance_uid: str | None = None,
 ) -> IngestResult:
     """Index and keep the Part 10 file at ``path`` (in the store's temp folder); consume it in every case."""
+    # The file's mtime becomes "now": recovery after a power cut looks for files newer than the last
+    # index barrier, and a long transfer's last write can be far older than its index row.
+    os.utime(path)
     synced = _FSYNC_POOL.submit(fsync_file, path)
     try:
         try:
@@ -350,7 +353,7 @@ def _index(
 
 # --- durability of the index on SQLite --------------------------------------------------------------------
 
-RECOVERY_MARGIN = timedelta(seconds=5)
+RECOVERY_MARGIN = timedelta(seconds=60)  # > the longest time from ingest start to its commit
 
 
 def index_barrier(services: Services) -> None:

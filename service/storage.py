@@ -141,15 +141,27 @@ class FileStore:
     def ready(self) -> bool:
         return self._tmp.is_dir() and os.access(self._tmp, os.W_OK)
 
-    def sweep_temp(self, older_than_seconds: float = 0.0) -> int:
+    def sweep_temp(self, older_than_seconds: float = 0.0, others_older_than_seconds: float | None = None) -> int:
         """Delete leftovers of writes that never completed (a crash or an aborted association).
 
-        A transfer in flight writes at least once per network timeout, so files untouched for longer
-        than that are dead. Returns how many files were removed.
+        This process's own folder is swept of files older than ``older_than_seconds`` (0: all). With
+        ``others_older_than_seconds``, the folders of other processes (a container recreated under another
+        hostname, fewer worker processes than before) are swept too, of files untouched for that long: a
+        transfer in flight writes at least once per network timeout, so such files are dead. Returns how
+        many files were removed.
         """
+        count = self._sweep_folder(self._tmp, older_than_seconds)
+        if others_older_than_seconds is not None:
+            for folder in self._tmp.parent.iterdir():
+                if folder != self._tmp and folder.is_dir():
+                    count += self._sweep_folder(folder, others_older_than_seconds)
+        return count
+
+    @staticmethod
+    def _sweep_folder(folder: Path, older_than_seconds: float) -> int:
         cutoff = time.time() - older_than_seconds
         count = 0
-        for p in self._tmp.iterdir():
+        for p in folder.iterdir():
             try:
                 if p.is_file() and (older_than_seconds <= 0 or p.stat().st_mtime < cutoff):
                     p.unlink()

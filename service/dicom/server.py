@@ -149,7 +149,8 @@ class DicomServer:
 
     def start(self) -> None:
         settings = self.services.settings
-        removed = self.services.store.sweep_temp()
+        dead_after = 2 * settings.dicom_network_timeout
+        removed = self.services.store.sweep_temp(others_older_than_seconds=dead_after)
         if removed:
             log.warning("removed %d incomplete transfer(s) left by an earlier stop", removed)
         if self.syncer.needed:
@@ -171,7 +172,7 @@ class DicomServer:
         # Aborted associations leave their partial data set behind; a live transfer writes far more often.
         age = 2 * self.services.settings.dicom_network_timeout
         while not self._sweeper_stop.wait(60):
-            self.services.store.sweep_temp(older_than_seconds=age)
+            self.services.store.sweep_temp(older_than_seconds=age, others_older_than_seconds=age)
 
     def active_associations(self) -> int:
         return sum(1 for a in self.ae.active_associations if a.is_acceptor)
