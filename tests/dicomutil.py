@@ -30,7 +30,7 @@ def dataset_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
     from service.ingest import dataset_offset
 
-    return raw[dataset_offset(raw[:1 << 16]):]
+    return raw[dataset_offset(raw[: 1 << 16]) :]
 
 
 def sha256(data: bytes) -> str:

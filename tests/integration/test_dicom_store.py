@@ -22,8 +22,7 @@ def _row(services, uid: str) -> Instance:
 
 @pytest.mark.parametrize("key", sorted(VENDOR_FILES))
 def test_pynetdicom_store_keeps_the_dataset_byte_exact_and_indexes_it(key, dicom_server, services, tmp_path):
-    src = restamp(vendor_path(key), tmp_path / "in" / f"{key}.dcm", AccessionNumber="ACC123",
-                  PatientID="PID-1")
+    src = restamp(vendor_path(key), tmp_path / "in" / f"{key}.dcm", AccessionNumber="ACC123", PatientID="PID-1")
     assert send(dicom_server.port, [src]) == [0x0000]
 
     sent = dcmread(src, stop_before_pixels=True)
@@ -55,8 +54,13 @@ def test_storescu_sends_every_vendor_file_and_all_are_indexed(dicom_server, serv
     files = [restamp(vendor_path(k), tmp_path / "in" / f"{k}.dcm") for k in sorted(VENDOR_FILES)]
     for f in files:
         # One storescu run per file, proposing the file's own transfer syntax (as the machine holds it).
-        proc = subprocess.run(storescu_cmd(dcmtk["storescu"], dicom_server.port, f), capture_output=True,
-                              text=True, timeout=60, env={"TCP_NODELAY": "1"})
+        proc = subprocess.run(
+            storescu_cmd(dcmtk["storescu"], dicom_server.port, f),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"TCP_NODELAY": "1"},
+        )
         assert proc.returncode == 0, proc.stderr
     for f in files:
         sent = dcmread(f, stop_before_pixels=True)
@@ -66,11 +70,19 @@ def test_storescu_sends_every_vendor_file_and_all_are_indexed(dicom_server, serv
 
 
 def test_echoscu_succeeds_and_an_unknown_calling_ae_is_rejected(dicom_server, dcmtk):
-    ok = subprocess.run([dcmtk["echoscu"], "-aet", "ECHOSCU", "-aec", "USGI", "127.0.0.1", str(dicom_server.port)],
-                        capture_output=True, text=True, timeout=30)
+    ok = subprocess.run(
+        [dcmtk["echoscu"], "-aet", "ECHOSCU", "-aec", "USGI", "127.0.0.1", str(dicom_server.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run([dcmtk["echoscu"], "-aet", "INTRUDER", "-aec", "USGI", "127.0.0.1",
-                          str(dicom_server.port)], capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [dcmtk["echoscu"], "-aet", "INTRUDER", "-aec", "USGI", "127.0.0.1", str(dicom_server.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode != 0
     assert "Calling AE Title Not Recognized" in bad.stderr
 
@@ -80,8 +92,9 @@ def test_echoscu_succeeds_and_an_unknown_calling_ae_is_rejected(dicom_server, dc
     rejected = []
     from pynetdicom import evt
 
-    assoc = ae.associate("127.0.0.1", dicom_server.port, ae_title="USGI",
-                         evt_handlers=[(evt.EVT_REJECTED, lambda e: rejected.append(e))])
+    assoc = ae.associate(
+        "127.0.0.1", dicom_server.port, ae_title="USGI", evt_handlers=[(evt.EVT_REJECTED, lambda e: rejected.append(e))]
+    )
     assert assoc.is_rejected
     rsp = assoc.acceptor.primitive
     assert (rsp.result, rsp.result_source, rsp.diagnostic) == (0x01, 0x01, 0x03)
@@ -117,8 +130,9 @@ def test_private_sop_class_is_accepted_and_stored_as_non_image(dicom_server, ser
     assert "preview" not in listed["items"][0]["links"]
 
 
-def test_duplicates_identical_is_success_and_different_content_keeps_both(dicom_server, services, tmp_path,
-                                                                         client, auth):
+def test_duplicates_identical_is_success_and_different_content_keeps_both(
+    dicom_server, services, tmp_path, client, auth
+):
     src = restamp(vendor_path("ge_jpeg2k"), tmp_path / "a.dcm")
     assert send(dicom_server.port, [src, src]) == [0x0000, 0x0000]
     ds = dcmread(src)
@@ -141,7 +155,7 @@ def test_duplicates_identical_is_success_and_different_content_keeps_both(dicom_
     assert [v["sha256"] for v in body["versions"]] == [rows[0].sha256, rows[1].sha256]
     with client.get(f"/api/images/{uid}/dicom?version=1", headers=auth["clinician"]) as first:
         assert first.status_code == 200 and first.mimetype == "application/dicom"
-        assert sha256(first.data[dataset_offset_of(first.data):]) == rows[0].sha256
+        assert sha256(first.data[dataset_offset_of(first.data) :]) == rows[0].sha256
     conflicts = client.get("/api/images?conflict=true", headers=auth["auditor"]).json
     assert [i["sop_instance_uid"] for i in conflicts["items"]] == [uid]
 
@@ -149,7 +163,7 @@ def test_duplicates_identical_is_success_and_different_content_keeps_both(dicom_
 def dataset_offset_of(data: bytes) -> int:
     from service.ingest import dataset_offset
 
-    return dataset_offset(data[:1 << 16])
+    return dataset_offset(data[: 1 << 16])
 
 
 def test_nothing_half_written_remains_in_the_store(dicom_server, services, tmp_path):
