@@ -8,9 +8,7 @@ tree per object.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -20,39 +18,16 @@ TMP_DIR = "tmp"
 
 
 class ImageStore(Protocol):
+    """What the service needs of an image store (FileStore now; an object store when scaled out)."""
+
     def temp_dir(self) -> Path: ...
-    def commit_file(self, tmp_path: Path, sha256: str) -> tuple[str, bool]: ...
-    def restore_file(self, tmp_path: Path, key: str) -> None:
-        """Put an fsync'd copy back under an existing key whose file went missing."""
-        dest = self.root / key
-        self._make_dirs(dest.parent)
-        os.replace(tmp_path, dest)
-        _fsync_dir(dest.parent)
-
-    def _make_dirs(self, path: Path) -> None:
-        # Each directory created is made durable in its parent, top-down.
-        if path.is_dir():
-            return
-        self._make_dirs(path.parent)
-        try:
-            path.mkdir()
-        except FileExistsError:
-            return
-        _fsync_dir(path.parent)
-
+    def commit_file(self, tmp_path: Path, sha256: str, day: date) -> tuple[str, bool]: ...
+    def restore_file(self, tmp_path: Path, key: str) -> None: ...
     def remove(self, key: str) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
     def path(self, key: str) -> Path: ...
     def exists(self, key: str) -> bool: ...
     def ready(self) -> bool: ...
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fsync_file(path: Path) -> None:
@@ -88,10 +63,6 @@ class FileStore:
 
     def temp_dir(self) -> Path:
         return self._tmp
-
-    def new_temp(self) -> tuple[BinaryIO, Path]:
-        fd, name = tempfile.mkstemp(dir=self._tmp, suffix=".part")
-        return os.fdopen(fd, "wb"), Path(name)
 
     def commit_file(self, tmp_path: Path, sha256: str, day: date) -> tuple[str, bool]:
         """Move an fsync'd temp file into place. Returns (key, created); identical content already stored is kept."""
