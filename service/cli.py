@@ -176,6 +176,17 @@ class _Stop:
         self.event.set()
 
 
+def _die_with_parent() -> None:
+    """In a worker, before exec: get SIGTERM when `usgi serve` dies, even by SIGKILL (Linux prctl).
+
+    Without it a killed supervisor would leave its workers holding the DICOM port.
+    """
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class _DicomWorkers:
     """N `usgi dicom` processes on one port (SO_REUSEPORT), restarted if one dies, stopped together."""
 
@@ -186,7 +197,7 @@ class _DicomWorkers:
 
     def _spawn(self, index: int) -> None:
         cmd = [sys.executable, "-m", "service.cli", "dicom", "--worker", str(index), "--reuse-port"]
-        self.procs[index] = subprocess.Popen(cmd, env=os.environ.copy())
+        self.procs[index] = subprocess.Popen(cmd, env=os.environ.copy(), preexec_fn=_die_with_parent)
 
     def start(self) -> None:
         for i in range(self.count):

@@ -155,3 +155,19 @@ def test_sigterm_refuses_new_associations_even_while_an_http_download_is_in_flig
         problems.append(f"the process was still running {grace + 3} s after SIGTERM (grace period {grace} s)")
     assert not problems, "with an HTTP download in flight: " + "; ".join(problems)
     assert usgi.proc.returncode == 0, usgi.log()
+
+
+def test_worker_processes_stop_when_the_supervisor_is_killed(serve_factory: Callable[..., UsgiServe]) -> None:
+    """With several DICOM receiver processes, a SIGKILLed `usgi serve` must not leave workers on the port."""
+    usgi = serve_factory(USGI_DICOM_PROCESSES="2")
+    children = [int(p) for p in Path(f"/proc/{usgi.pid}/task/{usgi.pid}/children").read_text().split()]
+    assert len(children) == 2 and usgi.echo()
+    usgi.kill()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{c}").exists() for c in children), "workers outlived the supervisor"
+    assert not usgi.echo(), "the DICOM port still answers"
+    # A new server starts on the same port at once.
+    usgi.start()
+    assert usgi.echo()
