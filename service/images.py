@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -12,6 +14,8 @@ from service.bootstrap import Services
 from service.db import unit_of_work
 from service.errors import NotFound
 from service.models import Instance
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,6 +77,15 @@ def get_image(services: Services, sop_instance_uid: str, version: int | None = N
     if version > len(rows):
         raise NotFound(f"version {version} does not exist (there are {len(rows)})")
     return rows[version - 1], rows
+
+
+def stored_path(services: Services, row: Instance) -> Path:
+    """Where the object's bytes are; NotFound (and an error in the log) if the file has gone missing."""
+    path = services.store.path(row.storage_key)
+    if not path.is_file():
+        log.error("indexed object %s has no stored file", row.storage_key)
+        raise NotFound("the stored file of this image is missing")
+    return path
 
 
 _COLUMNS = [c.key for c in Instance.__table__.columns if c.key not in ("id",)]

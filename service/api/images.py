@@ -66,7 +66,7 @@ def get_dicom(args: dict, sop_instance_uid: str) -> Response:
     row, _ = images.get_image(_services(), sop_instance_uid, args.get("version"))
     _audit("export", sop_instance_uid, {"sha256": row.sha256})
     resp = send_file(
-        _services().store.path(row.storage_key),
+        images.stored_path(_services(), row),
         mimetype="application/dicom",
         conditional=True,
         download_name=f"{sop_instance_uid}.dcm",
@@ -87,7 +87,7 @@ def get_preview(args: dict, sop_instance_uid: str) -> Response:
     from service.imaging.preview import PreviewError, render_preview
 
     try:
-        png = render_preview(_services().store.path(row.storage_key), args["frame"], args.get("size"))
+        png = render_preview(images.stored_path(_services(), row), args["frame"], args.get("size"))
     except PreviewError as exc:
         raise Rejected(f"cannot render: {exc.reason}") from exc
     _audit("view", sop_instance_uid, {"frame": args["frame"]})

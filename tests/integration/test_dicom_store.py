@@ -173,3 +173,40 @@ def test_nothing_half_written_remains_in_the_store(dicom_server, services, tmp_p
     stored = [p.relative_to(root) for p in root.rglob("*") if p.is_file()]
     assert len([p for p in stored if p.suffix == ".dcm" and p.parts[0] != "tmp"]) == 5
     assert [p for p in stored if p.parts[0] == "tmp"] == []
+
+
+def test_max_associations_is_enforced_with_the_local_limit_reason(services, settings):
+    from dataclasses import replace
+
+    from service.dicom.server import DicomServer
+
+    services.settings = replace(settings, dicom_max_associations=2)
+    server = DicomServer(services)
+    server.start()
+    try:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(Verification)
+        first = [ae.associate("127.0.0.1", server.port, ae_title="USGI") for _ in range(2)]
+        assert all(a.is_established for a in first)
+        third = ae.associate("127.0.0.1", server.port, ae_title="USGI")
+        assert third.is_rejected
+        rsp = third.acceptor.primitive
+        # Rejected transient, by the service provider (presentation), local limit exceeded (PS3.8 9.3.4).
+        assert (rsp.result, rsp.result_source, rsp.diagnostic) == (0x02, 0x03, 0x02)
+        for a in first:
+            a.release()
+        again = ae.associate("127.0.0.1", server.port, ae_title="USGI")
+        assert again.is_established
+        again.release()
+    finally:
+        server.stop(grace_seconds=2)
+
+
+def test_a_missing_stored_file_is_a_json_404_not_a_crash(dicom_server, services, tmp_path, client, auth):
+    src = restamp(vendor_path("ge_rgb"), tmp_path / "m.dcm")
+    assert send(dicom_server.port, [src]) == [0]
+    row = _row(services, str(dcmread(src).SOPInstanceUID))
+    services.store.path(row.storage_key).unlink()
+    for suffix in ("/dicom", "/preview.png"):
+        r = client.get(f"/api/images/{row.sop_instance_uid}{suffix}", headers=auth["clinician"])
+        assert r.status_code == 404 and "missing" in r.json["message"]
