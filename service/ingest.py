@@ -21,7 +21,7 @@ from typing import BinaryIO
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
-from sqlalchemy import Boolean, Integer, bindparam, insert, select, text, update
+from sqlalchemy import Boolean, Integer, bindparam, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from service.bootstrap import Services
@@ -274,6 +274,39 @@ class _Statements:
 _SQL = _Statements()
 
 
+def _row(
+    fields: IndexFields,
+    sha256: str,
+    size: int,
+    key: str,
+    transfer_syntax_uid: str,
+    origin: Origin,
+    received_at: datetime,
+    conflict: bool,
+    note: str | None = None,
+) -> dict[str, object]:
+    """The index row of one stored object (every column of ``instances`` but its id)."""
+    warnings = [*fields.warnings, *([note] if note else [])]
+    return dict(
+        _SQL.empty_row,
+        sop_instance_uid=fields.sop_instance_uid,
+        sop_class_uid=fields.sop_class_uid,
+        study_instance_uid=fields.study_instance_uid,
+        series_instance_uid=fields.series_instance_uid,
+        transfer_syntax_uid=transfer_syntax_uid,
+        is_image=fields.is_image,
+        size_bytes=size,
+        sha256=sha256,
+        storage_key=key,
+        calling_ae_title=origin.calling_ae_title,
+        peer_address=origin.peer_address,
+        received_at=received_at,
+        conflict=conflict,
+        warnings="; ".join(warnings) or None,
+        **fields.values,
+    )
+
+
 def _index(
     services: Services,
     path: Path,
@@ -302,27 +335,8 @@ def _index(
                 same = next((v for v in versions if v.sha256 == sha256), None)
                 if same is None:
                     conflict = bool(versions)
-                    row_id = conn.execute(
-                        _SQL.insert,
-                        dict(
-                            _SQL.empty_row,
-                            sop_instance_uid=uid,
-                            sop_class_uid=fields.sop_class_uid,
-                            study_instance_uid=fields.study_instance_uid,
-                            series_instance_uid=fields.series_instance_uid,
-                            transfer_syntax_uid=transfer_syntax_uid,
-                            is_image=fields.is_image,
-                            size_bytes=size,
-                            sha256=sha256,
-                            storage_key=key,
-                            calling_ae_title=origin.calling_ae_title,
-                            peer_address=origin.peer_address,
-                            received_at=received_at,
-                            conflict=conflict,
-                            warnings="; ".join(fields.warnings) or None,
-                            **fields.values,
-                        ),
-                    ).scalar_one()
+                    row = _row(fields, sha256, size, key, transfer_syntax_uid, origin, received_at, conflict)
+                    row_id = conn.execute(_SQL.insert, row).scalar_one()
                     if conflict:
                         conn.execute(_SQL.mark_conflict, {"uid": uid})
         except IntegrityError:
@@ -413,30 +427,16 @@ def _reindex(services: Services, path: Path, key: str, stat: os.stat_result) -> 
         return False
     table = Instance.__table__
     try:
-        with services.engine.begin() as conn:
+        with services.write_lock, services.engine.begin() as conn:
             if conn.execute(
                 select(table.c.id).where(table.c.sop_instance_uid == fields.sop_instance_uid, table.c.sha256 == sha256)
             ).first():
                 return False
-            conn.execute(
-                insert(table).values(
-                    sop_instance_uid=fields.sop_instance_uid,
-                    sop_class_uid=fields.sop_class_uid,
-                    study_instance_uid=fields.study_instance_uid,
-                    series_instance_uid=fields.series_instance_uid,
-                    transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-                    is_image=fields.is_image,
-                    size_bytes=size,
-                    sha256=sha256,
-                    storage_key=key,
-                    calling_ae_title=None,
-                    peer_address="recovered",
-                    received_at=datetime.fromtimestamp(stat.st_mtime, UTC),
-                    conflict=False,
-                    warnings="; ".join([*fields.warnings, "re-indexed after an unclean stop"]),
-                    **fields.values,
-                )
-            )
+            recovered = Origin("recovered", None, "recovered")
+            received_at = datetime.fromtimestamp(stat.st_mtime, UTC)
+            ts = str(ds.file_meta.TransferSyntaxUID)
+            row = _row(fields, sha256, size, key, ts, recovered, received_at, False, "re-indexed after an unclean stop")
+            conn.execute(_SQL.insert, row).scalar_one()
     except IntegrityError:
         return False
     return True
