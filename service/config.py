@@ -91,6 +91,10 @@ class Settings:
         log_level = (env.get("USGI_LOG_LEVEL", "").strip() or "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"USGI_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR")
+        processes = _int(env, "USGI_DICOM_PROCESSES", 1, 1, 64)
+        dicom_port = _int(env, "USGI_DICOM_PORT", 11112, 0, 65535)
+        if processes > 1 and dicom_port == 0:
+            raise ConfigError("USGI_DICOM_PROCESSES > 1 needs a fixed USGI_DICOM_PORT (0 would give each its own)")
         return cls(
             data_dir=data_dir,
             database_url=env.get("USGI_DATABASE_URL", "").strip(),
@@ -98,12 +102,12 @@ class Settings:
             http_host=env.get("USGI_HTTP_HOST", "").strip() or "127.0.0.1",
             http_port=_int(env, "USGI_HTTP_PORT", 8080, 0, 65535),
             dicom_host=env.get("USGI_DICOM_HOST", "").strip() or "0.0.0.0",
-            dicom_port=_int(env, "USGI_DICOM_PORT", 11112, 0, 65535),
+            dicom_port=dicom_port,
             ae_title=_ae_title(env.get("USGI_AE_TITLE", "") or "USGI", "USGI_AE_TITLE"),
             dicom_peers=peers,
             dicom_max_associations=_int(env, "USGI_DICOM_MAX_ASSOCIATIONS", 64, 1, 1000),
             dicom_max_pdu=_int(env, "USGI_DICOM_MAX_PDU", 131072, 0, 2**32 - 1),
-            dicom_processes=_int(env, "USGI_DICOM_PROCESSES", 1, 1, 64),
+            dicom_processes=processes,
             dicom_network_timeout=_int(env, "USGI_DICOM_NETWORK_TIMEOUT", 60, 1, 3600),
             ehr_fhir_base=ehr,
             payer_rules=payer_rules,

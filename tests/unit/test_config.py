@@ -156,3 +156,9 @@ def test_describe_masks_a_password_given_as_a_url_query_parameter():
     # libpq (psycopg) takes the password from the query string as well: it is just as secret there.
     s = Settings.from_env({"USGI_DATABASE_URL": "postgresql+psycopg://usgi@db.example/usgi?password=s3cret"})
     assert "s3cret" not in s.describe()["database_url"]
+
+
+def test_several_receiver_processes_need_a_fixed_port():
+    with pytest.raises(ConfigError, match="USGI_DICOM_PROCESSES"):
+        Settings.from_env({"USGI_DICOM_PROCESSES": "4", "USGI_DICOM_PORT": "0"})
+    assert Settings.from_env({"USGI_DICOM_PROCESSES": "4", "USGI_DICOM_PORT": "11112"}).dicom_processes == 4
