@@ -1,0 +1,1 @@
+"""Service layer of the procedure aggregate (reports, lifecycle, image links and roles)."""
