@@ -49,8 +49,7 @@ ARG USGI_UID=10001
 ARG USGI_GID=10001
 
 LABEL org.opencontainers.image.title="usgi-docs" \
-      org.opencontainers.image.description="Documentation service for ultrasound-guided injections: DICOM ingest, procedure reports, FHIR R4." \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.description="Documentation service for ultrasound-guided injections: DICOM ingest, procedure reports, FHIR R4."
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
