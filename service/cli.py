@@ -270,7 +270,7 @@ def dicom(worker: int | None, reuse_port: bool) -> None:
 
     temp_name = None if worker is None else f"{os.uname().nodename}-w{worker}"
     stop = _Stop()
-    server = DicomServer(_services(settings, temp_name), reuse_port=reuse_port)
+    server = DicomServer(_services(settings, temp_name), reuse_port=reuse_port, resume_commitments=worker in (None, 0))
     server.start()
     stop.event.wait()
     server.stop()

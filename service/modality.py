@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -225,6 +226,23 @@ def mark_commitment(services: Services, commitment_id: int, delivered: bool, err
             row.status, row.reported_at, row.last_error = "reported", services.clock(), None
         else:
             row.status, row.last_error = "pending", (error or "")[:500]
+
+
+def pending_commitments(
+    services: Services, max_age: timedelta = timedelta(days=1)
+) -> list[tuple[int, str, str, list[CommitItem]]]:
+    """Reports not yet delivered (an earlier process stopped first): (id, transaction UID, calling AE, items)."""
+    since = services.clock() - max_age
+    with unit_of_work(services.session_factory) as s:
+        rows = s.scalars(
+            select(StorageCommitment)
+            .where(StorageCommitment.status == "pending", StorageCommitment.requested_at >= since)
+            .order_by(StorageCommitment.id)
+        ).all()
+        return [
+            (r.id, r.transaction_uid, r.calling_ae_title, [CommitItem(**item) for item in r.result])  # type: ignore[arg-type]
+            for r in rows
+        ]
 
 
 def commitment_report(transaction_uid: str, items: list[CommitItem]) -> tuple[int, Dataset]:

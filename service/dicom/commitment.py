@@ -43,6 +43,20 @@ class CommitmentReporter:
             daemon=True,
         ).start()
 
+    def resume_pending(self) -> int:
+        """Deliver, on new associations, the reports an earlier process had not delivered when it stopped."""
+        pending = modality.pending_commitments(self._services)
+        for commitment_id, transaction_uid, calling_ae, items in pending:
+            threading.Thread(
+                target=self._deliver_later,
+                args=(calling_ae, commitment_id, *modality.commitment_report(transaction_uid, items)),
+                name=f"commitment-{commitment_id}",
+                daemon=True,
+            ).start()
+        if pending:
+            log.info("resuming %d undelivered storage commitment report(s)", len(pending))
+        return len(pending)
+
     def _run(
         self, assoc: Association, commitment_id: int, transaction_uid: str, items: list[modality.CommitItem]
     ) -> None:
@@ -62,6 +76,9 @@ class CommitmentReporter:
             except Exception as exc:  # noqa: BLE001
                 error = f"same association: {type(exc).__name__}"
             modality.mark_commitment(self._services, commitment_id, False, error)
+        self._deliver_later(calling_ae, commitment_id, event_type, ds)
+
+    def _deliver_later(self, calling_ae: str, commitment_id: int, event_type: int, ds) -> None:  # type: ignore[no-untyped-def]
         for delay in (0.0, *self._retry_delays):
             if self._stopping.wait(delay):
                 return
@@ -69,7 +86,7 @@ class CommitmentReporter:
             modality.mark_commitment(self._services, commitment_id, ok, error)
             if ok:
                 return
-        log.warning("storage commitment result for %s could not be delivered", calling_ae)
+        log.warning("storage commitment result for %s could not be delivered; retried at the next start", calling_ae)
 
     def _send_new_association(self, calling_ae: str, event_type: int, ds) -> tuple[bool, str | None]:  # type: ignore[no-untyped-def]
         peer = find_peer(self._services, calling_ae)

@@ -113,7 +113,7 @@ class ReusePortServer(UsgiServer):
 class DicomServer:
     """The storage, verification, MPPS and storage commitment SCP on one port."""
 
-    def __init__(self, services: Services, reuse_port: bool = False) -> None:
+    def __init__(self, services: Services, reuse_port: bool = False, resume_commitments: bool = True) -> None:
         self.services = services
         settings = services.settings
         configure_pynetdicom(services)
@@ -127,6 +127,8 @@ class DicomServer:
         for uid in (Verification, ModalityPerformedProcedureStep, StorageCommitmentPushModel):
             self.ae.add_supported_context(uid, _NON_STORAGE_SYNTAXES)
         self._reuse_port = reuse_port
+        # Of several receiver processes only one resends undelivered commitment reports at start.
+        self._resume_commitments = resume_commitments
         self._server: ThreadedAssociationServer | None = None
         self._sweeper_stop = threading.Event()
         self.syncer = IndexSyncer(services)
@@ -156,6 +158,8 @@ class DicomServer:
         if self.syncer.needed:
             recover_index(self.services)
         self.syncer.start()
+        if self._resume_commitments:
+            self.reporter.resume_pending()
         server_class = ReusePortServer if self._reuse_port else UsgiServer
         server = self.ae.make_server(
             (settings.dicom_host, settings.dicom_port),

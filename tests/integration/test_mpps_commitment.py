@@ -392,3 +392,33 @@ def test_mpps_discontinued_records_the_reason(dicom_server, services, client, au
     assert step["acquisition_ended"] is False
     assert step["discontinuation_reason"] == "Incorrect worklist entry selected"
     assert step["ended_at"] == "2024-05-06T10:45:12"
+
+
+def test_a_report_left_undelivered_by_a_stopped_process_is_delivered_at_the_next_start(services, tmp_path):
+    from service import modality
+    from service.dicom.server import DicomServer
+
+    # What an earlier process recorded and could not deliver before it stopped.
+    txn = generate_uid()
+    items = [modality.CommitItem(US_IMAGE, generate_uid(), False, 0x0112)]
+    commitment_id = modality.record_commitment(services, txn, "TESTSCU", items)
+
+    collector = ReportCollector()
+    listener = AE(ae_title="TESTSCU")
+    listener.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    listener.acse_timeout = listener.dimse_timeout = listener.network_timeout = 10
+    server = listener.start_server(("127.0.0.1", 0), block=False, evt_handlers=collector.handlers())
+    receiver = None
+    try:
+        add_peer(services, "TESTSCU", "127.0.0.1", server.server_address[1])
+        receiver = DicomServer(services)
+        receiver.start()
+        assert _wait_for(lambda: collector.reports, 10.0), "the pending report was not resent at start"
+        event_type, info, _ = collector.reports[0]
+        assert event_type == 2 and info.TransactionUID == txn
+        row = _wait_for(lambda: (r := _commitment_row(services, txn)) and r.status == "reported" and r, 5.0)
+        assert row and row.id == commitment_id
+    finally:
+        if receiver is not None:
+            receiver.stop(grace_seconds=1)
+        server.shutdown()
