@@ -492,12 +492,22 @@ _SITE_FIELDS = _names(
 )
 
 
+def _read_sections(path: Path, sections: tuple[str, ...]) -> dict[str, Any]:
+    """The file's YAML, refusing any top-level section not in ``sections``."""
+    data = _read(path)
+    extra = sorted(set(data) - set(sections))
+    if extra:
+        raise CatalogError(f"{path.name}: unknown section {extra[0]!r} (allowed: {', '.join(sections)})")
+    return data
+
+
+def _section_rows(file: str, data: dict[str, Any], section: str, fields: tuple[str, ...]) -> list[_Row]:
+    return [_Row(file, f"{section}[{i}]", r, fields) for i, r in enumerate(_rows(file, data, section))]
+
+
 def _load_sites(path: Path) -> tuple[dict[str, JointCodes], dict[str, Site]]:
     file = path.name
-    data = _read(path)
-    extra = sorted(set(data) - {"joint_class_to_cpt", "sites"})
-    if extra:
-        raise CatalogError(f"{file}: unknown section {extra[0]!r} (allowed: joint_class_to_cpt, sites)")
+    data = _read_sections(path, ("joint_class_to_cpt", "sites"))
     classes = data.get("joint_class_to_cpt")
     if not isinstance(classes, dict) or set(classes) != set(JOINT_CLASSES):
         raise CatalogError(f"{file}: joint_class_to_cpt must map exactly {', '.join(JOINT_CLASSES)}")
@@ -506,7 +516,7 @@ def _load_sites(path: Path) -> tuple[dict[str, JointCodes], dict[str, Site]]:
         row = _Row(file, f"joint_class_to_cpt.{cls}", classes[cls], ("no_us", "us_recorded", "conf", "source"))
         no_us, us_recorded = row.text("no_us", pattern=_CPT), row.text("us_recorded", pattern=_CPT)
         joint[cls] = JointCodes(cls, no_us, us_recorded, row.text("conf", choices=CONFIDENCE))
-    rows = [_Row(file, f"sites[{i}]", r, _SITE_FIELDS) for i, r in enumerate(_rows(file, data, "sites"))]
+    rows = _section_rows(file, data, "sites", _SITE_FIELDS)
     sites: dict[str, Site] = {}
     for row in rows:
         key = row.text("key", pattern=_KEY)
@@ -555,11 +565,7 @@ _CODE_FIELDS = ("system", "code", "unit_amount", "unit", "effective_from", "effe
 
 def _load_drugs(path: Path, sites: Mapping[str, Site]) -> dict[str, Drug]:
     file = path.name
-    data = _read(path)
-    extra = sorted(set(data) - {"drugs"})
-    if extra:
-        raise CatalogError(f"{file}: unknown section {extra[0]!r} (allowed: drugs)")
-    rows = [_Row(file, f"drugs[{i}]", r, _DRUG_FIELDS) for i, r in enumerate(_rows(file, data, "drugs"))]
+    rows = _section_rows(file, _read_sections(path, ("drugs",)), "drugs", _DRUG_FIELDS)
     drugs: dict[str, Drug] = {}
     for row in rows:
         key = row.text("key", pattern=_KEY)
@@ -626,11 +632,7 @@ _ICD_FIELDS = ("key", "label", "laterality", "code_length", "side_chars", "codes
 
 def _load_icd10(path: Path, sites: Mapping[str, Site]) -> tuple[IcdFamily, ...]:
     file = path.name
-    data = _read(path)
-    extra = sorted(set(data) - {"families"})
-    if extra:
-        raise CatalogError(f"{file}: unknown section {extra[0]!r} (allowed: families)")
-    rows = [_Row(file, f"families[{i}]", r, _ICD_FIELDS) for i, r in enumerate(_rows(file, data, "families"))]
+    rows = _section_rows(file, _read_sections(path, ("families",)), "families", _ICD_FIELDS)
     families: list[IcdFamily] = []
     for row in rows:
         key = row.text("key", pattern=ICD10CM_CODE)

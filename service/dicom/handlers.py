@@ -76,7 +76,7 @@ def handle_n_create(event: Event, services: Services) -> tuple[int | Dataset, Da
     """N-CREATE of a Modality Performed Procedure Step (PS3.4 F.7.2.1)."""
     req = event.request
     if str(req.AffectedSOPClassUID) != ModalityPerformedProcedureStep:
-        return st.status_dataset(0x0118, "no such SOP class"), None
+        return st.status_dataset(st.NO_SUCH_SOP_CLASS, "no such SOP class"), None
     uid = str(req.AffectedSOPInstanceUID or "")
     if not uid:
         uid = generate_uid()
@@ -98,7 +98,7 @@ def handle_n_set(event: Event, services: Services) -> tuple[int | Dataset, Datas
     """N-SET of a Modality Performed Procedure Step (PS3.4 F.7.2.2)."""
     req = event.request
     if str(req.RequestedSOPClassUID) != ModalityPerformedProcedureStep:
-        return st.status_dataset(0x0118, "no such SOP class"), None
+        return st.status_dataset(st.NO_SUCH_SOP_CLASS, "no such SOP class"), None
     try:
         mods = event.modification_list
         step = modality.mpps_set(services, str(req.RequestedSOPInstanceUID), mods)
@@ -116,7 +116,7 @@ def handle_n_action(event: Event, services: Services, reporter: CommitmentReport
     """N-ACTION of Storage Commitment Push Model (PS3.4 J.3.2): answer now, report the result after."""
     req = event.request
     if str(req.RequestedSOPClassUID) != StorageCommitmentPushModel:
-        return st.status_dataset(0x0118, "no such SOP class"), None
+        return st.status_dataset(st.NO_SUCH_SOP_CLASS, "no such SOP class"), None
     if req.ActionTypeID != 1:
         return st.status_dataset(st.NO_SUCH_ACTION, "only action type 1 is defined"), None
     try:
