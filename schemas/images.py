@@ -13,6 +13,10 @@ class ImageQueryArgs(PageArgs):
     date_to = fields.DateTime(metadata={"description": "acquisition (else content, else study) time, inclusive"})
     linked = fields.Boolean(metadata={"description": "true: linked to a procedure; false: the unlinked queue"})
     conflict = fields.Boolean(metadata={"description": "true: SOP Instance UIDs stored with differing content"})
+    link_status = fields.String(
+        validate=validate.OneOf(["linked", "unmatched", "ambiguous", "contradiction", "unlinked"]),
+        metadata={"description": "why an image is (not) linked; with linked=false, why it waits for a person"},
+    )
 
     @pre_load
     def _whole_days(self, data: object, **_: object) -> object:
@@ -90,7 +94,17 @@ class ImageSchema(Schema):
     received_at = fields.DateTime()
     warnings = fields.String(allow_none=True)
     procedure_id = fields.String(allow_none=True)
-    image_role = fields.String(allow_none=True)
+    image_role = fields.String(allow_none=True, metadata={"description": "pre, post or other"})
+    role_source = fields.String(allow_none=True, metadata={"description": "marker, time, none or manual"})
+    role_reason = fields.String(allow_none=True)
+    link_status = fields.String(
+        allow_none=True,
+        metadata={"description": "linked, unmatched, ambiguous, contradiction, unlinked (by a person); null: pending"},
+    )
+    link_method = fields.String(
+        allow_none=True, metadata={"description": "accession, study, visit, patient_time or manual"}
+    )
+    link_detail = fields.String(allow_none=True, metadata={"description": "why it is (not) linked"})
     linked = fields.Boolean()
     version = fields.Integer()
     conflict = fields.Boolean(metadata={"description": "another version with different content exists"})

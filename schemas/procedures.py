@@ -639,6 +639,22 @@ class ProcedureCreateSchema(_Body):
             r"^[^\\\x00-\x1f]{1,16}$", error="must be 1-16 characters without backslash (DICOM SH)"
         )
     )
+    study_instance_uid = fields.String(
+        validate=validate.And(
+            validate.Length(max=64, error="must be a DICOM UID (digits and dots, 64 at most)"),
+            validate.Regexp(
+                r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$", error="must be a DICOM UID (digits and dots, 64 at most)"
+            ),
+        ),
+        metadata={"description": "the order's Study Instance UID when it has one; else the service assigns one"},
+    )
+    scheduled_station_ae_title = fields.String(
+        validate=validate.Regexp(
+            r"^(?=.{1,16}$)[^\\\x00-\x1f]*[^\\\x00-\x1f ][^\\\x00-\x1f]*$",
+            error="must be a DICOM AE title: 1-16 characters, not only spaces, no backslash",
+        ),
+        metadata={"description": "the ultrasound machine the worklist offers this procedure to"},
+    )
     place_of_service = _enum(PlaceOfService)
     coverage = fields.Nested(CoverageSchema)
     equipment_ownership = _enum(EquipmentOwnership)

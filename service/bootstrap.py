@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.db import NoLock, make_engine, make_session_factory, write_lock_for
+from service.procedures.linker import LinkSettings
 from service.storage import FileStore
 
 
@@ -37,6 +39,10 @@ class Services:
             self.ingest_engine = self.engine
         self._ingested = 0
         self._ingested_lock = threading.Lock()
+
+    @functools.cached_property
+    def link_settings(self) -> LinkSettings:
+        return LinkSettings(self.settings)
 
     def note_ingest(self) -> None:
         with self._ingested_lock:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from datetime import tzinfo
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.procedures.roles import ImageRole
 
 
 class ConfigError(ValueError):
@@ -30,6 +35,29 @@ def _ae_title(value: str, name: str) -> str:
     if not value or len(value) > 16 or "\\" in value or not value.isprintable():
         raise ConfigError(f"{name}={value!r} is not a valid AE title (1-16 printable characters, no backslash)")
     return value
+
+
+def _timezone(name: str) -> str:
+    """An IANA zone name (``Europe/London``); empty means the server's local time zone."""
+    if name:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"USGI_TIMEZONE={name!r} is not a known IANA time zone (e.g. Europe/London)") from exc
+    return name
+
+
+def _role_keywords(spec: str) -> str:
+    if spec:
+        from service.procedures.roles import parse_keywords
+
+        try:
+            parse_keywords(spec)
+        except ValueError as exc:
+            raise ConfigError(f"USGI_ROLE_KEYWORDS: {exc}") from exc
+    return spec
 
 
 def _mask_url(url: str) -> str:
@@ -65,6 +93,9 @@ class Settings:
     payer_rules: str = "us-cms"
     log_level: str = "INFO"
     shutdown_grace_seconds: int = 30
+    link_window_hours: int = 12
+    timezone: str = ""
+    role_keywords: str = ""
 
     def __post_init__(self) -> None:
         # Derived defaults follow USGI_DATA_DIR unless set explicitly.
@@ -113,6 +144,9 @@ class Settings:
             payer_rules=payer_rules,
             log_level=log_level,
             shutdown_grace_seconds=_int(env, "USGI_SHUTDOWN_GRACE_SECONDS", 30, 0, 3600),
+            link_window_hours=_int(env, "USGI_LINK_WINDOW_HOURS", 12, 0, 168),
+            timezone=_timezone(env.get("USGI_TIMEZONE", "").strip()),
+            role_keywords=_role_keywords(env.get("USGI_ROLE_KEYWORDS", "").strip()),
         )
 
     @classmethod
@@ -128,6 +162,19 @@ class Settings:
             shutdown_grace_seconds=5,
         )
         return replace(base, **overrides)  # type: ignore[arg-type]
+
+    @property
+    def local_zone(self) -> tzinfo | None:
+        """The zone of the naive DICOM date-times the machines send; None: the server's local zone."""
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(self.timezone) if self.timezone else None
+
+    @property
+    def image_role_keywords(self) -> Mapping[str, ImageRole]:
+        from service.procedures.roles import DEFAULT_KEYWORDS, parse_keywords
+
+        return parse_keywords(self.role_keywords) if self.role_keywords else DEFAULT_KEYWORDS
 
     @property
     def image_store_path(self) -> Path:

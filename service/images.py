@@ -27,6 +27,7 @@ class ImageFilter:
     date_to: datetime | None = None
     linked: bool | None = None
     conflict: bool | None = None
+    link_status: str | None = None
 
 
 def _naive(value: datetime | None) -> datetime | None:
@@ -51,6 +52,8 @@ def search_images(services: Services, f: ImageFilter, page: int, per_page: int) 
         q = q.where(when <= _naive(f.date_to))
     if f.linked is not None:
         q = q.where(Instance.procedure_id.is_not(None) if f.linked else Instance.procedure_id.is_(None))
+    if f.link_status is not None:
+        q = q.where(Instance.link_status == f.link_status)
     if f.conflict is not None:
         q = q.where(Instance.conflict.is_(f.conflict))
     with unit_of_work(services.session_factory) as s:

@@ -29,6 +29,7 @@ from service.db import unit_of_work
 from service.dicom_header import Unsupported, read_header, walk_complete
 from service.dicom_index import IndexFields, NotIndexable, extract_index_fields
 from service.models import IngestCheckpoint, Instance
+from service.procedures.linker import link_columns
 from service.storage import fsync_file
 
 log = logging.getLogger(__name__)
@@ -336,6 +337,8 @@ def _index(
                 if same is None:
                     conflict = bool(versions)
                     row = _row(fields, sha256, size, key, transfer_syntax_uid, origin, received_at, conflict)
+                    # Linked in the same transaction: an image is never indexed without being looked at.
+                    row.update(link_columns(conn, row, services.link_settings))
                     row_id = conn.execute(_SQL.insert, row).scalar_one()
                     if conflict:
                         conn.execute(_SQL.mark_conflict, {"uid": uid})

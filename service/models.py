@@ -89,9 +89,16 @@ class Instance(Base):
     # True when another stored version of the same SOP Instance UID has different bytes.
     conflict: Mapped[bool] = mapped_column(Boolean, default=False)
     warnings: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # Set by the linker (procedure reports, a later issue); NULL means unlinked.
+    # Set by the linker (service/procedures/linker.py); NULL means unlinked.
     procedure_id: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
     image_role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # NULL: not yet looked at by the linker; else a LinkStatus (linked, unmatched, ambiguous, contradiction,
+    # unlinked = a person took it off a procedure and the linker leaves it alone).
+    link_status: Mapped[str | None] = mapped_column(String(16), index=True, nullable=True)
+    link_method: Mapped[str | None] = mapped_column(String(16), nullable=True)  # accession, study, visit, ...
+    link_detail: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    role_source: Mapped[str | None] = mapped_column(String(16), nullable=True)  # marker, time, none, manual
+    role_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class PerformedProcedureStep(Base):
@@ -171,3 +178,63 @@ class IngestCheckpoint(Base):
     __tablename__ = "ingest_checkpoints"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     durable_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Procedure(Base):
+    """The aggregate at the centre (DESIGN.md §1). ``report`` is the current version's body; the columns
+    beside it are copies of the fields the worklist, the linker and searches look up."""
+
+    __tablename__ = "procedures"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    report: Mapped[dict[str, object]] = mapped_column(JSON)
+    patient_id_system: Mapped[str] = mapped_column(String(255))
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    encounter_id: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    accession_number: Mapped[str] = mapped_column(String(16), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    scheduled_station_ae_title: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    site: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    laterality: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    educational: Mapped[bool] = mapped_column(Boolean, default=False)
+    scheduled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    injected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    cancel_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+
+
+class ProcedureVersion(Base):
+    """Every stored state of a procedure's report, never changed once written."""
+
+    __tablename__ = "procedure_versions"
+    __table_args__ = (UniqueConstraint("procedure_id", "version", name="uq_procedure_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    procedure_id: Mapped[str] = mapped_column(ForeignKey("procedures.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(16))  # create, update, start, finalize, cosign, amend, cancel
+    report: Mapped[dict[str, object]] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    changed_by: Mapped[str] = mapped_column(String(200))
+    changed_by_token_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class ProcedureSignature(Base):
+    """An attestation: who signed which version, as performer or supervisor, with which token."""
+
+    __tablename__ = "procedure_signatures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    procedure_id: Mapped[str] = mapped_column(ForeignKey("procedures.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    capacity: Mapped[str] = mapped_column(String(16))  # performer | supervisor | amender
+    signer: Mapped[str] = mapped_column(String(200))
+    token_id: Mapped[int] = mapped_column(Integer)
+    statement: Mapped[str] = mapped_column(String(1000))
+    signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Set when a later edit of the draft voids a signature given before it.
+    voided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from flask import current_app
-from flask_smorest import Blueprint
 
 from schemas.admin import PeerSchema
 from service import audit_trail, peers
+from service.api.blueprint import Blueprint
 from service.api.security import current_principal, roles
 from service.auth import Role
 from service.errors import Rejected

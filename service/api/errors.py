@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from service.api.security import Forbidden, Unauthorized
 from service.errors import Conflict, DomainError, NotFound, Rejected
+from service.procedures.service import Invalid, PreconditionFailed, PreconditionRequired
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,14 @@ def error_response(status: int, code: str, message: str, errors: dict[str, Any] 
     return resp
 
 
-_DOMAIN_STATUS = {NotFound: 404, Conflict: 409, Rejected: 422}
+_DOMAIN_STATUS: dict[type[DomainError], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    Rejected: 422,
+    PreconditionFailed: 412,
+    PreconditionRequired: 428,
+    Invalid: 400,
+}
 
 
 def init_app(app: Flask) -> None:
@@ -40,7 +48,7 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def _domain(exc: DomainError) -> Response:
         status = next((v for k, v in _DOMAIN_STATUS.items() if isinstance(exc, k)), 400)
-        return error_response(status, exc.code, str(exc))
+        return error_response(status, exc.code, str(exc), getattr(exc, "errors", None))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

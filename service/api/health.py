@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 from flask import current_app
-from flask_smorest import Blueprint
 from sqlalchemy import text
 
 from schemas.admin import HealthSchema
+from service.api.blueprint import Blueprint
 from service.api.security import ANY_ROLE, roles
 
 blp = Blueprint("health", __name__, description="Liveness and readiness")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from flask import Response, current_app, request, send_file
-from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from schemas.images import (
@@ -16,6 +15,7 @@ from schemas.images import (
     VersionArgs,
 )
 from service import audit_trail, images, modality
+from service.api.blueprint import Blueprint
 from service.api.security import current_principal, roles
 from service.auth import Role
 from service.bootstrap import Services

@@ -42,6 +42,8 @@ _WORD = re.compile(r"[A-Za-z0-9]+")
 class RoleDecision:
     role: ImageRole
     reason: str
+    source: str = "none"
+    """What decided: ``marker``, ``time`` or ``none`` (a person's override is ``manual``, kept by the caller)."""
 
 
 def _marker_roles(texts: list[str | None], keywords: Mapping[str, ImageRole]) -> set[ImageRole]:
@@ -67,7 +69,7 @@ def classify_image(
     markers = _marker_roles([series_description, image_comments, protocol_name], keywords)
     if len(markers) == 1:
         role = next(iter(markers))
-        return RoleDecision(role, f"marker in the image header says {role.value}")
+        return RoleDecision(role, f"marker in the image header says {role.value}", "marker")
     conflict = " (its markers contradict each other)" if len(markers) > 1 else ""
     if acquired_at is not None and injection_at is not None:
         try:
@@ -76,7 +78,7 @@ def classify_image(
             return RoleDecision(ImageRole.OTHER, "acquisition and injection times are not comparable" + conflict)
         role = ImageRole.PRE if before else ImageRole.POST
         when = "before" if before else "at or after"
-        return RoleDecision(role, f"acquired {when} the recorded injection time{conflict}")
+        return RoleDecision(role, f"acquired {when} the recorded injection time{conflict}", "time")
     return RoleDecision(ImageRole.OTHER, "no marker and no injection time to compare with" + conflict)
 
 

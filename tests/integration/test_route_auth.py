@@ -18,6 +18,18 @@ EXPECTED_ROUTES: dict[tuple[str, str], frozenset[Role] | None] = {
     ("/api/images/<string:sop_instance_uid>/dicom", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR}),
     ("/api/images/<string:sop_instance_uid>/preview.png", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR}),
     ("/api/performed-procedure-steps", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR}),
+    ("/api/procedures", "POST"): frozenset({Role.CLINICIAN, Role.EHR}),
+    ("/api/procedures", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR, Role.EHR}),
+    ("/api/procedures/<string:procedure_id>", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR, Role.EHR}),
+    ("/api/procedures/<string:procedure_id>", "PATCH"): frozenset({Role.CLINICIAN, Role.EHR}),
+    ("/api/procedures/<string:procedure_id>/finalize", "POST"): frozenset({Role.CLINICIAN}),
+    ("/api/procedures/<string:procedure_id>/cosign", "POST"): frozenset({Role.CLINICIAN}),
+    ("/api/procedures/<string:procedure_id>/amend", "POST"): frozenset({Role.CLINICIAN}),
+    ("/api/procedures/<string:procedure_id>/cancel", "POST"): frozenset({Role.CLINICIAN, Role.EHR}),
+    ("/api/procedures/<string:procedure_id>/versions", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR, Role.EHR}),
+    ("/api/procedures/<string:procedure_id>/images", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR}),
+    ("/api/procedures/<string:procedure_id>/images/<string:sop_instance_uid>", "PUT"): frozenset({Role.CLINICIAN}),
+    ("/api/procedures/<string:procedure_id>/images/<string:sop_instance_uid>", "DELETE"): frozenset({Role.CLINICIAN}),
     ("/api/peers", "GET"): frozenset({Role.ADMIN}),
     ("/api/peers", "POST"): frozenset({Role.ADMIN}),
     ("/api/peers/<string:ae_title>", "DELETE"): frozenset({Role.ADMIN}),
@@ -26,7 +38,11 @@ PUBLIC_RULES = {"/healthz"}
 # Only these may admit every role (they expose no patient data).
 OPEN_TO_ALL_ROLES = {"/readyz", "/openapi.json"}
 # A plausible value for every URL variable the app uses (a new variable name must be added here).
-URL_VALUES = {"sop_instance_uid": "1.2.826.0.1.3680043.8.498.12345", "ae_title": "NOSUCHAE"}
+URL_VALUES = {
+    "sop_instance_uid": "1.2.826.0.1.3680043.8.498.12345",
+    "ae_title": "NOSUCHAE",
+    "procedure_id": "0123456789abcdef",
+}
 
 
 def _routes(app: Flask) -> list[tuple[str, str, str, str]]:
@@ -157,5 +173,6 @@ def test_a_role_not_admitted_is_403_and_an_admitted_one_passes(app, client, auth
                 assert "WWW-Authenticate" not in resp.headers, where
                 forbidden_checked += 1
             resp.close()
-    # 5 reader routes x (ehr, admin) + 3 admin routes x (clinician, auditor, ehr)
-    assert forbidden_checked == 5 * 2 + 3 * 3
+    # Image reader routes: 5 x (ehr, admin); admin routes: 3 x (clinician, auditor, ehr); procedure routes:
+    # 3 reads x admin, 1 image list x (ehr, admin), 3 writes x (auditor, admin), 5 clinician-only x 3 others.
+    assert forbidden_checked == 5 * 2 + 3 * 3 + 3 * 1 + 1 * 2 + 3 * 2 + 5 * 3

@@ -142,6 +142,7 @@ def test_describe_masks_the_password_of_a_postgres_url():
         "data_dir", "database_url", "image_store", "http_host", "http_port", "dicom_host", "dicom_port",
         "ae_title", "dicom_peers", "dicom_max_associations", "dicom_max_pdu", "dicom_processes",
         "dicom_network_timeout", "ehr_fhir_base", "payer_rules", "log_level", "shutdown_grace_seconds",
+        "link_window_hours", "timezone", "role_keywords",
     }  # fmt: skip
 
 
@@ -162,3 +163,20 @@ def test_several_receiver_processes_need_a_fixed_port():
     with pytest.raises(ConfigError, match="USGI_DICOM_PROCESSES"):
         Settings.from_env({"USGI_DICOM_PROCESSES": "4", "USGI_DICOM_PORT": "0"})
     assert Settings.from_env({"USGI_DICOM_PROCESSES": "4", "USGI_DICOM_PORT": "11112"}).dicom_processes == 4
+
+
+def test_linking_settings_are_read_and_checked():
+    s = Settings.from_env(
+        {"USGI_LINK_WINDOW_HOURS": "6", "USGI_TIMEZONE": "Europe/London", "USGI_ROLE_KEYWORDS": "VOR=pre,NACH=post"}
+    )
+    assert s.link_window_hours == 6 and str(s.local_zone) == "Europe/London"
+    assert dict(s.image_role_keywords) == {"VOR": "pre", "NACH": "post"}
+    defaults = Settings.from_env({})
+    assert defaults.link_window_hours == 12 and defaults.local_zone is None
+    assert defaults.image_role_keywords["POST"] == "post"
+    with pytest.raises(ConfigError, match="USGI_TIMEZONE"):
+        Settings.from_env({"USGI_TIMEZONE": "Mars/Olympus"})
+    with pytest.raises(ConfigError, match="USGI_ROLE_KEYWORDS"):
+        Settings.from_env({"USGI_ROLE_KEYWORDS": "PRE=before"})
+    with pytest.raises(ConfigError, match="USGI_LINK_WINDOW_HOURS"):
+        Settings.from_env({"USGI_LINK_WINDOW_HOURS": "-1"})
