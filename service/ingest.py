@@ -21,7 +21,7 @@ from typing import BinaryIO
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
-from sqlalchemy import Boolean, Integer, bindparam, select, text, update
+from sqlalchemy import Boolean, Connection, Integer, bindparam, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from service.bootstrap import Services
@@ -337,8 +337,7 @@ def _index(
                 if same is None:
                     conflict = bool(versions)
                     row = _row(fields, sha256, size, key, transfer_syntax_uid, origin, received_at, conflict)
-                    # Linked in the same transaction: an image is never indexed without being looked at.
-                    row.update(link_columns(conn, row, services.link_settings))
+                    _link(conn, row, services)
                     row_id = conn.execute(_SQL.insert, row).scalar_one()
                     if conflict:
                         conn.execute(_SQL.mark_conflict, {"uid": uid})
@@ -366,6 +365,16 @@ def _index(
     if created:
         store.remove(key)
     return IngestResult(Outcome.STORE_FAILED, "the index could not be written (repeated conflicts)")
+
+
+def _link(conn: Connection, row: dict[str, object], services: Services) -> None:
+    """Link the row in the ingest transaction, so one commit covers both. A failure here never costs the
+    image: it is stored unlinked-pending (link_status NULL) and linked at the next start or report change."""
+    try:
+        with conn.begin_nested():
+            row.update(link_columns(conn, row, services.link_settings))
+    except Exception as exc:  # noqa: BLE001 - the type only: a message could carry patient data
+        log.error("linking a new image failed (%s); it waits for the next linker run", type(exc).__name__)
 
 
 # --- durability of the index on SQLite --------------------------------------------------------------------

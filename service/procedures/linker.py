@@ -41,9 +41,9 @@ _FACT_COLUMNS = (
 _CANDIDATES = text(
     f"SELECT {_FACT_COLUMNS}, status FROM procedures WHERE status <> 'cancelled' AND ("
     "accession_number = :acc OR study_instance_uid = :study OR encounter_id = :adm OR patient_id = :pid)"
-)
+).columns(*(Procedure.__table__.c[name.strip()] for name in f"{_FACT_COLUMNS}, status".split(",")))
 _START = text("UPDATE procedures SET status = 'in_progress' WHERE id = :id AND status = 'scheduled'")
-_INJECTED = text("SELECT injected_at FROM procedures WHERE id = :id")
+_INJECTED = text("SELECT injected_at FROM procedures WHERE id = :id").columns(Procedure.__table__.c.injected_at)
 
 
 class LinkSettings:

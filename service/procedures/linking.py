@@ -75,7 +75,8 @@ class LinkDecision:
     detail: str = ""
 
 
-_DICOM_SIDE = {"L": "left", "R": "right", "B": "bilateral"}
+# B (both) covers either side and U (unpaired) says nothing: only L and R can contradict a side.
+_DICOM_SIDE = {"L": "left", "R": "right"}
 
 
 def aware(value: datetime | None, zone: tzinfo | None) -> datetime | None:
