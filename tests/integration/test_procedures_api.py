@@ -296,3 +296,28 @@ def test_the_openapi_document_publishes_the_report_schema(client, auth):
     props = schemas["ProcedureCreate"]["properties"]
     assert {"patient", "site", "laterality", "guidance", "injectates", "indications", "consent", "times"} <= set(props)
     assert "If-Match" in {p["name"] for p in spec["paths"]["/api/procedures/{procedure_id}"]["patch"]["parameters"]}
+
+
+def test_two_editors_at_the_same_moment_one_wins_the_other_gets_412(app, auth):
+    import threading
+
+    setup = app.test_client()
+    created = _create(setup, auth["clinician"], scheduled())
+    pid = created.get_json()["id"]
+    for round_ in range(5):
+        etag = setup.get(f"/api/procedures/{pid}", headers=auth["clinician"]).headers["ETag"]
+        barrier = threading.Barrier(2)
+        codes: list[int] = []
+
+        def edit(value: str) -> None:
+            client = app.test_client()  # one per thread, as two browsers would be
+            barrier.wait()
+            codes.append(_patch(client, auth["clinician"], pid, {"place_of_service": value}, etag).status_code)
+
+        threads = [threading.Thread(target=edit, args=(v,)) for v in ("22", "24")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert sorted(codes) == [200, 412], round_
+    assert setup.get(f"/api/procedures/{pid}", headers=auth["clinician"]).get_json()["version"] == 6
