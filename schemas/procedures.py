@@ -230,8 +230,8 @@ _NOT_BLANK = validate.Regexp(r"^\S(?:.*\S)?$", flags=re.S, error="must not be bl
 _EPS = 1e-9
 
 
-def _text(max_len: int, **kwargs: Any) -> fields.String:
-    return fields.String(validate=[validate.Length(min=1, max=max_len), _NOT_BLANK], **kwargs)
+def _text(max_len: int, *more: Any, **kwargs: Any) -> fields.String:
+    return fields.String(validate=[validate.Length(min=1, max=max_len), _NOT_BLANK, *more], **kwargs)
 
 
 def _enum(enum: type[StrEnum], **kwargs: Any) -> fields.Enum:
@@ -266,6 +266,11 @@ def _icd10cm_form(value: str) -> None:
             f"{value!r} is not an ICD-10-CM code: expected a letter other than U, a digit, a digit or letter, "
             "then optionally a dot and 1-4 characters (e.g. M17.11)"
         )
+
+
+def _dicom_lo(value: str) -> None:
+    if re.search(r"[\\\x00-\x1f]", value):
+        raise ValidationError("must not contain a backslash or control characters")
 
 
 def _past_date(value: date) -> None:
@@ -363,7 +368,8 @@ class IdentifierSchema(_Body):
             validate.Regexp(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$", error="must be an absolute URI (e.g. urn:oid:1.2.3)"),
         ],
     )
-    value = _text(64, required=True)
+    # It travels in DICOM too (Patient ID, Admission ID: LO), where a backslash separates values.
+    value = _text(64, _dicom_lo, required=True)
 
 
 class EncounterIdentifierSchema(IdentifierSchema):

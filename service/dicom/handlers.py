@@ -7,19 +7,29 @@ become pynetdicom's catch-all 0xC211, which tells a modality nothing.
 from __future__ import annotations
 
 import logging
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom.events import Event
-from pynetdicom.sop_class import ModalityPerformedProcedureStep, StorageCommitmentPushModel
+from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
+    StorageCommitmentPushModel,
+)
+from sqlalchemy import func, select
 
 from service import modality
 from service.bootstrap import Services
 from service.dicom import status as st
 from service.dicom_index import is_valid_uid
 from service.ingest import Origin, ingest_file
+from service.models import Procedure
+from service.worklist.items import worklist_item, worklist_statuses
+from service.worklist.matching import SPECIFIC_CHARACTER_SET, match, response
 
 if TYPE_CHECKING:
     from service.dicom.commitment import CommitmentReporter
@@ -146,3 +156,121 @@ def handle_n_action(event: Event, services: Services, reporter: CommitmentReport
     )
     reporter.report_later(event.assoc, commitment_id, transaction_uid, items)
     return st.SUCCESS, None
+
+
+# C-FIND statuses (PS3.4 C.4.1.1.4). 0x0122 is the C-service "SOP class not supported"; N-services use 0x0118.
+FIND_SOP_CLASS_NOT_SUPPORTED = 0x0122
+FIND_PENDING = 0xFF00
+FIND_CANCELLED = 0xFE00
+
+FindResult = tuple[int | Dataset, Dataset | None]
+
+
+def handle_find(event: Event, services: Services) -> Iterator[FindResult]:
+    """C-FIND of the Modality Worklist (PS3.4 K.4.1.2): a pending response per matching scheduled step.
+
+    Yields ``(status, identifier)`` pairs; pynetdicom sends the final success when the generator ends. Nothing
+    here raises: pynetdicom would answer an exception with 0xC311 and log its message, which may hold patient data.
+    """
+    calling = event.assoc.requestor.ae_title
+    if str(event.request.AffectedSOPClassUID) != ModalityWorklistInformationFind:
+        yield st.status_dataset(FIND_SOP_CLASS_NOT_SUPPORTED, "SOP class not supported"), None
+        return
+    try:
+        query = _decoded(event.identifier)
+    except Exception as exc:  # noqa: BLE001
+        log.info("worklist C-FIND from %s refused: identifier cannot be decoded (%s)", calling, type(exc).__name__)
+        yield st.status_dataset(st.CANNOT_UNDERSTAND, "identifier cannot be decoded"), None
+        return
+    problem = _query_problem(query)
+    if problem:
+        log.info("worklist C-FIND from %s refused: %s", calling, problem)
+        yield st.status_dataset(st.DOES_NOT_MATCH, problem), None
+        return
+    try:
+        items = _worklist_items(services)
+    except Exception as exc:  # noqa: BLE001
+        _log_failure("worklist C-FIND: the worklist cannot be read", exc)
+        yield st.status_dataset(st.CANNOT_UNDERSTAND, "internal error"), None
+        return
+
+    matched = 0
+    for item in items:
+        if event.is_cancelled:
+            log.info("worklist C-FIND from %s cancelled after %d match(es)", calling, matched)
+            yield FIND_CANCELLED, None
+            return
+        try:
+            identifier = response(query, item) if match(query, item) else None
+        except ValueError as exc:  # a query the matching rules cannot read (PS3.4 C.2.2.2)
+            log.info("worklist C-FIND from %s refused: %s", calling, type(exc).__name__)
+            yield st.status_dataset(st.DOES_NOT_MATCH, "identifier does not match the worklist model"), None
+            return
+        except Exception as exc:  # noqa: BLE001
+            _log_failure("worklist C-FIND: matching failed", exc)
+            yield st.status_dataset(st.CANNOT_UNDERSTAND, "internal error"), None
+            return
+        if identifier is not None:
+            matched += 1
+            yield FIND_PENDING, identifier
+    log.info("worklist C-FIND from %s: %d of %d item(s) matched", calling, matched, len(items))
+
+
+def _decoded(identifier: Dataset) -> Dataset:
+    """The identifier with every element decoded now: pydicom defers decoding until first use (nested too)."""
+    for elem in identifier:
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                _decoded(item)
+    return identifier
+
+
+def _query_problem(query: Dataset, top: bool = True) -> str | None:
+    """Why the identifier is no Modality Worklist query (an ErrorComment, no values in it), else None."""
+    keys = [e for e in query if e.tag.element != 0 and e.tag != SPECIFIC_CHARACTER_SET]
+    if top and not keys:
+        return "the identifier has no keys"
+    for elem in keys:
+        if elem.VR != "SQ":
+            continue
+        items = list(elem.value or [])
+        if len(items) > 1:  # sequence matching takes a single item (PS3.4 C.2.2.2.6)
+            return f"{elem.keyword or elem.tag}: more than one item"
+        if items and (problem := _query_problem(items[0], top=False)):
+            return problem
+    return None
+
+
+def _worklist_items(services: Services) -> list[Dataset]:
+    """Every procedure on the worklist as an item, in scheduled order.
+
+    No pre-filter on the query's values in SQL: an exact column match would miss values DICOM matching treats as
+    equal (padding spaces), and the worklist (scheduled and in-progress procedures only) stays small. The items
+    are built before the session closes, so no connection is held while a slow machine reads the responses.
+    """
+    zone = services.settings.local_zone
+    stmt = (
+        select(Procedure)
+        .where(Procedure.status.in_(sorted(worklist_statuses)))
+        .order_by(func.coalesce(Procedure.scheduled_at, Procedure.created_at), Procedure.id)
+    )
+    items: list[Dataset] = []
+    skipped = 0
+    with services.session_factory() as session:
+        for proc in session.scalars(stmt):
+            try:
+                items.append(worklist_item(proc, zone))
+            except Exception as exc:  # noqa: BLE001
+                # One unreadable report must not hide the rest of the worklist from the machines.
+                skipped += 1
+                _log_failure(f"worklist item of procedure {proc.id} cannot be built", exc)
+    if skipped:
+        log.warning("worklist: %d procedure(s) left off", skipped)
+    return items
+
+
+def _log_failure(message: str, exc: BaseException) -> None:
+    # The exception's type and where it was raised, not its message: pydicom and SQLAlchemy put values
+    # (names, identifiers, query parameters) in their messages.
+    where = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("%s: %s\n%s", message, type(exc).__name__, where.rstrip())

@@ -15,14 +15,21 @@ from pynetdicom import acse as _acse
 from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.presentation import PresentationContext, negotiate_unrestricted
-from pynetdicom.sop_class import ModalityPerformedProcedureStep, StorageCommitmentPushModel, Verification
+from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
+    StorageCommitmentPushModel,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from service.bootstrap import Services
+from service.db import unit_of_work
 from service.dicom import fastpath, handlers, reactor
 from service.dicom.commitment import CommitmentReporter
 from service.ingest import IndexSyncer, recover_index
 from service.peers import PeerAllowList
+from service.procedures.linker import link_pending
 
 log = logging.getLogger("service.dicom")
 
@@ -111,7 +118,7 @@ class ReusePortServer(UsgiServer):
 
 
 class DicomServer:
-    """The storage, verification, MPPS and storage commitment SCP on one port."""
+    """The storage, verification, MPPS, storage commitment and modality worklist SCP on one port."""
 
     def __init__(self, services: Services, reuse_port: bool = False, resume_commitments: bool = True) -> None:
         self.services = services
@@ -124,7 +131,12 @@ class DicomServer:
         self.ae.network_timeout = settings.dicom_network_timeout
         self.ae.acse_timeout = 30
         self.ae.dimse_timeout = settings.dicom_network_timeout
-        for uid in (Verification, ModalityPerformedProcedureStep, StorageCommitmentPushModel):
+        for uid in (
+            Verification,
+            ModalityPerformedProcedureStep,
+            StorageCommitmentPushModel,
+            ModalityWorklistInformationFind,
+        ):
             self.ae.add_supported_context(uid, _NON_STORAGE_SYNTAXES)
         self._reuse_port = reuse_port
         # Of several receiver processes only one resends undelivered commitment reports at start.
@@ -142,6 +154,7 @@ class DicomServer:
             (evt.EVT_N_CREATE, handlers.handle_n_create, [s]),
             (evt.EVT_N_SET, handlers.handle_n_set, [s]),
             (evt.EVT_N_ACTION, handlers.handle_n_action, [s, self.reporter]),
+            (evt.EVT_C_FIND, handlers.handle_find, [s]),
         ]
 
     @property
@@ -157,6 +170,7 @@ class DicomServer:
             log.warning("removed %d incomplete transfer(s) left by an earlier stop", removed)
         if self.syncer.needed:
             recover_index(self.services)
+        self._link_pending()
         self.syncer.start()
         if self._resume_commitments:
             self.reporter.resume_pending()
@@ -171,6 +185,18 @@ class DicomServer:
         threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True).start()
         threading.Thread(target=self._sweep, name="dicom-temp-sweeper", daemon=True).start()
         log.info("DICOM SCP %s listening on %s:%d", settings.ae_title, settings.dicom_host, self.port)
+
+    def _link_pending(self) -> None:
+        """Images indexed but never looked at by the linker (stored before linking existed, re-indexed after
+        an unclean stop, or a linker failure): link them now, before new ones arrive."""
+        try:
+            with self.services.write_lock, unit_of_work(self.services.session_factory) as s:
+                count = link_pending(s, self.services.link_settings)
+        except Exception as exc:  # noqa: BLE001 - they stay pending; the next start or report change retries
+            log.error("linking pending images failed: %s", type(exc).__name__)
+            return
+        if count:
+            log.info("linked %d image(s) that were waiting for the linker", count)
 
     def _sweep(self) -> None:
         # Aborted associations leave their partial data set behind; a live transfer writes far more often.

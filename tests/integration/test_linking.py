@@ -317,3 +317,68 @@ def test_a_failing_linker_never_costs_an_image(client, auth, modality, services,
     with unit_of_work(services.session_factory) as s:
         assert link_pending(s, services.link_settings) == 1
     assert _linked(client, auth, proc["id"]) == {_uid(image): ("pre", "accession")}
+
+
+# --- the whole path: order, worklist, images ---------------------------------------------------------------------
+
+
+def test_the_machine_takes_its_worklist_item_and_the_images_it_stamps_link_by_themselves(
+    client, auth, modality, tmp_path, dcmtk
+):
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityWorklistInformationFind
+
+    order = _create(client, auth, scheduled(accession_number=None, scheduled_station_ae_title="US_ROOM_2"))
+    _create(client, auth, scheduled(accession_number=None, scheduled_station_ae_title="US_ROOM_9"))
+
+    # dcmtk findscu, as the machine in room 2 asks for its own worklist
+    out = tmp_path / "mwl"
+    out.mkdir()
+    keys = [
+        "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=US_ROOM_2",
+        "ScheduledProcedureStepSequence[0].Modality=US",
+        "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=20250314",
+        "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyInstanceUID",
+        "RequestedProcedureDescription",
+    ]  # fmt: skip
+    args = [dcmtk["findscu"], "-W", "-aet", "FINDSCU", "-aec", "USGI", "-X", "-od", str(out)]
+    for key in keys:
+        args += ["-k", key]
+    done = subprocess.run([*args, "127.0.0.1", str(modality.port)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    [rsp] = [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+    assert rsp.AccessionNumber == order["accession_number"] and rsp.StudyInstanceUID == order["study_instance_uid"]
+    assert rsp.PatientID == MRN and str(rsp.PatientName) == "Example^Margaret A" and rsp.PatientSex == "F"
+    assert rsp.RequestedProcedureDescription == "US-guided injection, right knee joint"
+
+    # the same through a pynetdicom SCU
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    query = Dataset()
+    query.AccessionNumber = rsp.AccessionNumber
+    query.PatientName = ""
+    query.StudyInstanceUID = ""
+    assoc = ae.associate("127.0.0.1", modality.port, ae_title="USGI")
+    assert assoc.is_established
+    found = [i for s, i in assoc.send_c_find(query, ModalityWorklistInformationFind) if s.Status == 0xFF00]
+    assoc.release()
+    assert [(i.StudyInstanceUID, str(i.PatientName)) for i in found] == [(rsp.StudyInstanceUID, "Example^Margaret A")]
+
+    # The machine stamps what it was given on the images it saves, and sends them with storescu.
+    import shutil
+
+    stamped = {
+        "PatientID": rsp.PatientID, "PatientName": rsp.PatientName, "AccessionNumber": rsp.AccessionNumber,
+        "StudyInstanceUID": rsp.StudyInstanceUID,
+    }  # fmt: skip
+    pre = modality.image("ge_jpeg2k", SeriesDescription="PRE", **stamped)
+    post = modality.image("sonosite_cine", SeriesDescription="POST", **stamped)
+    storescu = shutil.which("storescu")
+    assert storescu
+    for path in (pre, post):
+        subprocess.run(storescu_cmd(storescu, modality.port, path), check=True, capture_output=True, timeout=60)
+    assert _linked(client, auth, order["id"]) == {_uid(pre): ("pre", "accession"), _uid(post): ("post", "accession")}
+    now = client.get(f"/api/procedures/{order['id']}", headers=auth["clinician"]).get_json()
+    assert now["status"] == "in_progress"

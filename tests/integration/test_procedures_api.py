@@ -309,12 +309,12 @@ def test_two_editors_at_the_same_moment_one_wins_the_other_gets_412(app, auth):
         barrier = threading.Barrier(2)
         codes: list[int] = []
 
-        def edit(value: str) -> None:
+        def edit(value: str, barrier: threading.Barrier, codes: list[int], etag: str) -> None:
             client = app.test_client()  # one per thread, as two browsers would be
             barrier.wait()
             codes.append(_patch(client, auth["clinician"], pid, {"place_of_service": value}, etag).status_code)
 
-        threads = [threading.Thread(target=edit, args=(v,)) for v in ("22", "24")]
+        threads = [threading.Thread(target=edit, args=(v, barrier, codes, etag)) for v in ("22", "24")]
         for t in threads:
             t.start()
         for t in threads:

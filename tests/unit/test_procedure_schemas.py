@@ -203,6 +203,8 @@ INVALID = [
     ("encounter_identifier", "V1", {}, None, "Invalid input type."),
     ("encounter_identifier.system", "visit", {}, None, "must be an absolute URI"),
     ("encounter_identifier.value", DELETE, {}, None, "Missing data for required field."),
+    ("encounter_identifier.value", "V1\\V2", {}, None, "must not contain a backslash"),
+    ("patient.identifier.value", "MRN\x07", {}, None, "must not contain a backslash or control characters"),
     ("accession_number", "A" * 17, {}, None, "must be 1-16 characters without backslash"),
     ("accession_number", "A\\B", {}, None, "must be 1-16 characters without backslash"),
     ("study_instance_uid", "1.2.03", {}, None, "must be a DICOM UID"),
