@@ -896,7 +896,8 @@ def finalisation_problems(data: Mapping[str, Any], catalog: Catalog | None = Non
                 for name in ("container_amount", "discarded_amount"):
                     need(f"injectates.{i}.{name}", f"{_REQUIRED} for a single-dose container (DOC-07, JW/JZ)")
             drug = cat.drugs.get(injectate.get("drug") or "")
-            if drug is not None and drug.separately_billable == "yes" and us_payer:
+            # Autologous PRP has no NDC: it is billed as a procedure (0232T), not as a drug.
+            if drug is not None and drug.separately_billable == "yes" and us_payer and drug.kind != "prp":
                 need(f"injectates.{i}.ndc", f"{_REQUIRED} for a separately billable drug (DOC-06)")
     if kind in _ASPIRATING:
         need("aspiration", f"{_REQUIRED} for an aspiration")

@@ -871,3 +871,15 @@ def test_schemas_render_as_openapi() -> None:
         "not_applicable",
     ]
     assert schemas["Attachment"]["properties"]["data"] == {"type": "string", "format": "byte"}
+
+
+def test_a_prp_report_can_be_finalised_without_an_ndc() -> None:
+    # Autologous PRP is billed as 0232T and has no NDC: asking for one would make the report unfinalisable.
+    prp = {
+        "drug": "prp_autologous", "dose": 4, "dose_unit": "mL", "volume_ml": 4, "lot_number": "KIT-2231",
+        "expiry_date": "2026-01-31", "container_type": "single_dose", "container_amount": 4, "discarded_amount": 0,
+    }  # fmt: skip
+    loaded = ProcedureCreateSchema().load(
+        report({"injectates": [prp], "consent.off_label_disclosed": True, "consent.abn_signed": True})
+    )
+    assert finalisation_problems(loaded) == {}
