@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (
 )
 from sqlalchemy import func, select
 
-from service import modality
+from service import audit_trail, modality
 from service.bootstrap import Services
 from service.dicom import status as st
 from service.dicom_index import is_valid_uid
@@ -194,6 +194,16 @@ def handle_find(event: Event, services: Services) -> Iterator[FindResult]:
         yield st.status_dataset(st.CANNOT_UNDERSTAND, "internal error"), None
         return
 
+    disclosed: list[str] = []
+    try:
+        yield from _find_responses(event, query, items, disclosed)
+    finally:
+        # Worklist answers carry patient demographics: who asked, from where, and which procedures they got.
+        _audit_find(services, event, len(disclosed), disclosed)
+
+
+def _find_responses(event: Event, query: Dataset, items: list[Dataset], disclosed: list[str]) -> Iterator[FindResult]:
+    calling = event.assoc.requestor.ae_title
     matched = 0
     for item in items:
         if event.is_cancelled:
@@ -212,8 +222,20 @@ def handle_find(event: Event, services: Services) -> Iterator[FindResult]:
             return
         if identifier is not None:
             matched += 1
+            disclosed.append(str(item.get("RequestedProcedureID", "")))
             yield FIND_PENDING, identifier
     log.info("worklist C-FIND from %s: %d of %d item(s) matched", calling, matched, len(items))
+
+
+def _audit_find(services: Services, event: Event, returned: int, procedure_ids: list[str]) -> None:
+    requestor = event.assoc.requestor
+    try:
+        audit_trail.record(
+            services, f"dicom:{requestor.ae_title}", None, "worklist_query", "worklist", None,
+            str(requestor.address), {"returned": returned, "procedures": procedure_ids},
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the answer has gone; a failed audit write is logged, not raised
+        log.error("worklist C-FIND: the audit event could not be written (%s)", type(exc).__name__)
 
 
 def _decoded(identifier: Dataset) -> Dataset:

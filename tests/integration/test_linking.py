@@ -323,7 +323,7 @@ def test_a_failing_linker_never_costs_an_image(client, auth, modality, services,
 
 
 def test_the_machine_takes_its_worklist_item_and_the_images_it_stamps_link_by_themselves(
-    client, auth, modality, tmp_path, dcmtk
+    client, auth, modality, tmp_path, dcmtk, services
 ):
     from pydicom import dcmread
     from pydicom.dataset import Dataset
@@ -352,6 +352,11 @@ def test_the_machine_takes_its_worklist_item_and_the_images_it_stamps_link_by_th
     assert rsp.AccessionNumber == order["accession_number"] and rsp.StudyInstanceUID == order["study_instance_uid"]
     assert rsp.PatientID == MRN and str(rsp.PatientName) == "Example^Margaret A" and rsp.PatientSex == "F"
     assert rsp.RequestedProcedureDescription == "US-guided injection, right knee joint"
+    # What the worklist disclosed, to whom, is in the audit trail (without the demographics themselves).
+    with services.session_factory() as s:
+        [event] = s.scalars(select(AuditEvent).where(AuditEvent.action == "worklist_query")).all()
+    assert event.actor == "dicom:FINDSCU" and event.source == "127.0.0.1"
+    assert event.detail == {"returned": 1, "procedures": [order["id"]]}
 
     # the same through a pynetdicom SCU
     ae = AE(ae_title="TESTSCU")
