@@ -37,6 +37,20 @@ def _ae_title(value: str, name: str) -> str:
     return value
 
 
+def _http_url(environ: Mapping[str, str], name: str) -> str:
+    value = environ.get(name, "").strip().rstrip("/")
+    if value and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}={value!r} must be an http(s) URL")
+    return value
+
+
+def _uri(environ: Mapping[str, str], name: str) -> str:
+    value = environ.get(name, "").strip().rstrip("/")
+    if value and (":" not in value or any(c.isspace() for c in value)):
+        raise ConfigError(f"{name}={value!r} must be an absolute URI (e.g. https://clinic.example.org/usgi)")
+    return value
+
+
 def _timezone(name: str) -> str:
     """An IANA zone name (``Europe/London``); empty means the server's local time zone."""
     if name:
@@ -93,6 +107,8 @@ class Settings:
     payer_rules: str = "us-cms"
     log_level: str = "INFO"
     shutdown_grace_seconds: int = 30
+    public_url: str = ""
+    identifier_system: str = ""
     link_window_hours: int = 12
     timezone: str = ""
     role_keywords: str = ""
@@ -103,6 +119,10 @@ class Settings:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'usgi.db'}")
         if not self.image_store:
             object.__setattr__(self, "image_store", f"file://{self.data_dir / 'images'}")
+        if not self.public_url:
+            object.__setattr__(self, "public_url", f"http://{self.http_host}:{self.http_port}")
+        if not self.identifier_system:
+            object.__setattr__(self, "identifier_system", f"{self.public_url.rstrip('/')}/id")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -144,6 +164,8 @@ class Settings:
             payer_rules=payer_rules,
             log_level=log_level,
             shutdown_grace_seconds=_int(env, "USGI_SHUTDOWN_GRACE_SECONDS", 30, 0, 3600),
+            public_url=_http_url(env, "USGI_PUBLIC_URL"),
+            identifier_system=_uri(env, "USGI_IDENTIFIER_SYSTEM"),
             link_window_hours=_int(env, "USGI_LINK_WINDOW_HOURS", 12, 0, 168),
             timezone=_timezone(env.get("USGI_TIMEZONE", "").strip()),
             role_keywords=_role_keywords(env.get("USGI_ROLE_KEYWORDS", "").strip()),

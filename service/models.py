@@ -222,6 +222,8 @@ class ProcedureVersion(Base):
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     changed_by: Mapped[str] = mapped_column(String(200))
     changed_by_token_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The coding engine's result for a final or amended version (service/coding), as JSON.
+    coding: Mapped[dict[str, object] | None] = mapped_column(JSON, nullable=True)
 
 
 class ProcedureSignature(Base):
@@ -238,3 +240,38 @@ class ProcedureSignature(Base):
     signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Set when a later edit of the draft voids a signature given before it.
     voided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class FhirResource(Base):
+    """One version of one FHIR resource the service emits (served by /fhir, pushed to the EHR)."""
+
+    __tablename__ = "fhir_resources"
+    __table_args__ = (UniqueConstraint("resource_type", "resource_id", "version_id", name="uq_fhir_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    resource_type: Mapped[str] = mapped_column(String(40))
+    resource_id: Mapped[str] = mapped_column(String(64), index=True)
+    version_id: Mapped[int] = mapped_column(Integer)
+    # NULL for definitions shared by every procedure (our CodeSystems).
+    procedure_id: Mapped[str | None] = mapped_column(
+        ForeignKey("procedures.id", ondelete="CASCADE"), index=True, nullable=True
+    )
+    current: Mapped[bool] = mapped_column(Boolean, index=True)
+    last_updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    body: Mapped[dict[str, object]] = mapped_column(JSON)
+
+
+class OutboxMessage(Base):
+    """A transaction Bundle waiting to be delivered to the EHR, written in the transaction that finalised."""
+
+    __tablename__ = "fhir_outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    procedure_id: Mapped[str] = mapped_column(ForeignKey("procedures.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    bundle: Mapped[dict[str, object]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

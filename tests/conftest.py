@@ -88,6 +88,14 @@ def dicom_server(services: Services):  # type: ignore[no-untyped-def]
     server.stop(grace_seconds=2)
 
 
+@pytest.fixture
+def modality(tmp_path: Path, dicom_server):  # type: ignore[no-untyped-def]
+    """An ultrasound machine sending re-stamped vendor files to the running SCP (tests/dicomutil.Modality)."""
+    from tests.dicomutil import Modality
+
+    return Modality(tmp_path, dicom_server.port)
+
+
 @pytest.fixture(scope="session")
 def dcmtk() -> dict[str, str]:
     tools = {name: shutil.which(name) for name in ("storescu", "echoscu", "findscu")}

@@ -106,3 +106,40 @@ STORESCU_PROPOSE = {
 def storescu_cmd(storescu: str, port: int, path: Path, ae_title: str = "STORESCU") -> list[str]:
     ts = str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
     return [storescu, "-aet", ae_title, "-aec", "USGI", *STORESCU_PROPOSE[ts], "127.0.0.1", str(port), str(path)]
+
+
+# The patient of tests/data/procedure_example.json: the Modality stamps it unless told otherwise.
+EXAMPLE_MRN = "MRN-0042917"
+
+
+class Modality:
+    """Plays the ultrasound machine: re-stamps a vendor file and sends it."""
+
+    def __init__(self, tmp_path: Path, port: int) -> None:
+        self.dir = tmp_path / "outbox"
+        self.port = port
+        self.count = 0
+
+    def image(self, key: str = "ge_rgb", *, at: str = "20250314091400", **attrs: object) -> Path:
+        """A file acquired at ``at`` (local YYYYMMDDHHMMSS) of the example patient, no accession, no markers."""
+        self.count += 1
+        base: dict[str, object] = {
+            "PatientID": EXAMPLE_MRN,
+            "AccessionNumber": "",
+            "AcquisitionDateTime": at,
+            "ContentDate": at[:8],
+            "ContentTime": at[8:],
+            "StudyDate": at[:8],
+            "StudyTime": at[8:],
+            "ImageComments": "",
+            "SeriesDescription": "",
+        }
+        return restamp(vendor_path(key), self.dir / f"{self.count}.dcm", **(base | attrs))
+
+    def send(self, *paths: Path) -> None:
+        assert send(self.port, list(paths)) == [0] * len(paths)
+
+
+def uid(path: Path) -> str:
+    """The SOP Instance UID of a file."""
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -20,7 +21,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / ".." / "shared" / "tools" / "fhir-validate"
+# The leads' copy beside the project (../shared), or wherever USGI_FHIR_VALIDATE_SOURCE points.
+SOURCE = Path(os.environ.get("USGI_FHIR_VALIDATE_SOURCE") or ROOT / ".." / "shared" / "tools" / "fhir-validate")
 TARGET = ROOT / ".cache" / "fhir-validate"
 _STAMP = "node_modules/.usgi-lock-sha256"
 
@@ -47,7 +49,11 @@ def _lock_digest(folder: Path) -> str:
 def install_validator(source: Path = SOURCE, target: Path = TARGET) -> Path:
     """Copy the tool into ``target`` and run ``npm ci`` unless an install for the same lock file is there."""
     if not (source / "validate.mjs").is_file() or not (source / "package-lock.json").is_file():
-        pytest.fail(f"the independent FHIR validator is missing: expected it at {source.resolve()}", pytrace=False)
+        pytest.fail(
+            f"the independent FHIR validator is missing: expected it at {source.resolve()} "
+            "(set USGI_FHIR_VALIDATE_SOURCE to its folder)",
+            pytrace=False,
+        )
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.fail("node and npm (Node 20+) are needed to run the independent FHIR validator", pytrace=False)
     digest = _lock_digest(source)

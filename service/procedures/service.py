@@ -31,6 +31,7 @@ from service.errors import Conflict, DomainError, NotFound, Rejected
 from service.models import AuditEvent, Instance, Procedure, ProcedureSignature, ProcedureVersion
 from service.procedures import linker
 from service.procedures.lifecycle import Action, InvalidTransition, ProcedureStatus, is_editable, next_status
+from service.procedures.publish import publish
 from service.procedures.roles import ImageRole
 
 # Fields whose presence means the report is being written (a draft), not only scheduled.
@@ -452,6 +453,7 @@ def finalize(services: Services, procedure_id: str, if_match: str | None, actor:
             _store_change(
                 s, services, proc, data, next_status(ProcedureStatus(proc.status), Action.FINALIZE), "finalize", actor
             )
+            publish(s, services, proc)
             _audit(s, services, actor, "finalize", proc.id, version=proc.version)
         s.flush()
         return view(s, proc), etag(proc.version)
@@ -476,6 +478,7 @@ def cosign(services: Services, procedure_id: str, if_match: str | None, actor: A
         _store_change(
             s, services, proc, data, next_status(ProcedureStatus(proc.status), Action.FINALIZE), "cosign", actor
         )
+        publish(s, services, proc)
         _audit(s, services, actor, "cosign", proc.id, version=proc.version)
         s.flush()
         return view(s, proc), etag(proc.version)
@@ -498,6 +501,7 @@ def amend(
             s, services, proc, data, next_status(ProcedureStatus(proc.status), Action.AMEND), "amend", actor, reason
         )
         _sign(s, services, proc, "amender", actor, proc.version)
+        publish(s, services, proc)
         _audit(s, services, actor, "amend", proc.id, version=proc.version, fields=sorted(changes))
         s.flush()
         return view(s, proc), etag(proc.version)

@@ -16,7 +16,8 @@ from sqlalchemy import select
 
 from service.config import Settings
 from service.models import AuditEvent
-from tests.dicomutil import restamp, send, storescu_cmd, vendor_path
+from tests.dicomutil import storescu_cmd
+from tests.dicomutil import uid as _uid
 from tests.procedureutil import EXAMPLE, full_report, scheduled
 
 MRN = EXAMPLE["patient"]["identifier"]["value"]
@@ -26,45 +27,6 @@ INJECTED = "20250314091630"  # the example's injection time, local
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings.for_tests(tmp_path, database_url=database_url, timezone="America/Chicago")
-
-
-class Modality:
-    """Plays the ultrasound machine: re-stamps a vendor file and sends it."""
-
-    def __init__(self, tmp_path: Path, port: int) -> None:
-        self.dir = tmp_path / "outbox"
-        self.port = port
-        self.count = 0
-
-    def image(self, key: str = "ge_rgb", *, at: str = "20250314091400", **attrs: Any) -> Path:
-        """A file acquired at ``at`` (local YYYYMMDDHHMMSS) of the example patient, no accession, no markers."""
-        self.count += 1
-        base: dict[str, Any] = {
-            "PatientID": MRN,
-            "AccessionNumber": "",
-            "AcquisitionDateTime": at,
-            "ContentDate": at[:8],
-            "ContentTime": at[8:],
-            "StudyDate": at[:8],
-            "StudyTime": at[8:],
-            "ImageComments": "",
-            "SeriesDescription": "",
-        }
-        return restamp(vendor_path(key), self.dir / f"{self.count}.dcm", **(base | attrs))
-
-    def send(self, *paths: Path) -> None:
-        assert send(self.port, list(paths)) == [0] * len(paths)
-
-
-@pytest.fixture
-def modality(tmp_path: Path, dicom_server) -> Modality:  # type: ignore[no-untyped-def]
-    return Modality(tmp_path, dicom_server.port)
-
-
-def _uid(path: Path) -> str:
-    from pydicom import dcmread
-
-    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def _create(client, auth, body: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]

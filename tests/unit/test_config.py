@@ -142,7 +142,7 @@ def test_describe_masks_the_password_of_a_postgres_url():
         "data_dir", "database_url", "image_store", "http_host", "http_port", "dicom_host", "dicom_port",
         "ae_title", "dicom_peers", "dicom_max_associations", "dicom_max_pdu", "dicom_processes",
         "dicom_network_timeout", "ehr_fhir_base", "payer_rules", "log_level", "shutdown_grace_seconds",
-        "link_window_hours", "timezone", "role_keywords",
+        "public_url", "identifier_system", "link_window_hours", "timezone", "role_keywords",
     }  # fmt: skip
 
 
@@ -180,3 +180,16 @@ def test_linking_settings_are_read_and_checked():
         Settings.from_env({"USGI_ROLE_KEYWORDS": "PRE=before"})
     with pytest.raises(ConfigError, match="USGI_LINK_WINDOW_HOURS"):
         Settings.from_env({"USGI_LINK_WINDOW_HOURS": "-1"})
+
+
+def test_public_url_and_identifier_system_default_from_the_http_address():
+    s = Settings.from_env({"USGI_HTTP_HOST": "10.0.0.5", "USGI_HTTP_PORT": "9000"})
+    assert s.public_url == "http://10.0.0.5:9000" and s.identifier_system == "http://10.0.0.5:9000/id"
+    given = Settings.from_env(
+        {"USGI_PUBLIC_URL": "https://usgi.clinic.example/", "USGI_IDENTIFIER_SYSTEM": "urn:oid:1.2.3.4"}
+    )
+    assert given.public_url == "https://usgi.clinic.example" and given.identifier_system == "urn:oid:1.2.3.4"
+    with pytest.raises(ConfigError, match="USGI_PUBLIC_URL"):
+        Settings.from_env({"USGI_PUBLIC_URL": "usgi.clinic.example"})
+    with pytest.raises(ConfigError, match="USGI_IDENTIFIER_SYSTEM"):
+        Settings.from_env({"USGI_IDENTIFIER_SYSTEM": "clinic"})

@@ -1,0 +1,131 @@
+"""Publishing a final (or amended) report: code it, map it to FHIR, keep each resource's new version, and queue
+the delivery to the EHR, all in the transaction that finalised it (DESIGN.md §1: finalize → coding → FHIR + outbox).
+
+A resource whose content did not change keeps its version; one that did gets the next version, so ``_history``
+of a resource is the list of its real changes. The outbox row holds a transaction Bundle of the changed resources
+(an update by our stable ids, so a repeated delivery changes nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from schemas.procedures import ProcedureCreateSchema, current_catalog
+from service.bootstrap import Services
+from service.coding.result import coding_input
+from service.coding.rules import code_procedure
+from service.fhir.mapping import map_json, to_bundle, to_model
+from service.fhir.record import ProcedureRecord
+from service.images import image_view
+from service.models import FhirResource, Instance, OutboxMessage, Procedure, ProcedureSignature, ProcedureVersion
+
+
+def linked_images(s: Session, procedure_id: str) -> list[dict[str, Any]]:
+    """The latest version of each image linked to the procedure, oldest first."""
+    latest = (
+        select(func.max(Instance.id)).where(Instance.procedure_id == procedure_id).group_by(Instance.sop_instance_uid)
+    )
+    return [image_view(r) for r in s.scalars(select(Instance).where(Instance.id.in_(latest)).order_by(Instance.id))]
+
+
+def _signatures(s: Session, proc: Procedure) -> list[dict[str, Any]]:
+    rows = s.scalars(
+        select(ProcedureSignature)
+        .where(ProcedureSignature.procedure_id == proc.id, ProcedureSignature.voided_at.is_(None))
+        .order_by(ProcedureSignature.id)
+    )
+    return [{"capacity": g.capacity, "signer": g.signer, "signed_at": g.signed_at} for g in rows]
+
+
+def publish(s: Session, services: Services, proc: Procedure) -> list[dict[str, Any]]:
+    """Code and map ``proc`` at its current version; returns the resources whose content changed."""
+    settings = services.settings
+    images = linked_images(s, proc.id)
+    roles = {i.get("image_role") for i in images}
+    loaded = ProcedureCreateSchema().load(proc.report)
+    coding = code_procedure(
+        coding_input(loaded, len(images), "pre" in roles, "post" in roles), current_catalog(), settings.payer_rules
+    )
+    this = (ProcedureVersion.procedure_id == proc.id) & (ProcedureVersion.version == proc.version)
+    version = s.scalars(select(ProcedureVersion).where(this)).one()
+    version.coding = coding.to_dict()
+    record = ProcedureRecord(
+        procedure_id=proc.id,
+        version=proc.version,
+        status=proc.status,
+        report=proc.report,
+        coding=coding,
+        base_url=settings.public_url,
+        identifier_system=settings.identifier_system,
+        signatures=_signatures(s, proc),
+        images=images,
+    )
+    changed = _store(s, services, proc.id, map_json(record))
+    if changed and settings.ehr_fhir_base:
+        bundle = to_bundle([to_model(r) for r in changed], "transaction", settings.public_url)
+        now = services.clock()
+        s.add(
+            OutboxMessage(
+                procedure_id=proc.id,
+                version=proc.version,
+                bundle=json.loads(bundle.model_dump_json()),
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+    return changed
+
+
+def _content(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "meta"}
+
+
+def _store(
+    s: Session, services: Services, procedure_id: str, resources: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    now = services.clock()
+    changed = []
+    for data in resources:
+        rtype, rid = data["resourceType"], data["id"]
+        current = s.scalars(
+            select(FhirResource).where(
+                FhirResource.resource_type == rtype, FhirResource.resource_id == rid, FhirResource.current.is_(True)
+            )
+        ).one_or_none()
+        if current is not None and _content(current.body) == _content(data):
+            continue
+        number = (current.version_id if current is not None else 0) + 1
+        if current is not None:
+            current.current = False
+            s.flush()
+        # Our version and time, not the mapper's: versionId counts this resource's own changes (vread, _history).
+        body = {**data, "meta": {**data.get("meta", {}), "versionId": str(number), "lastUpdated": _instant(now)}}
+        shared = not rid.startswith(f"{procedure_id}-")
+        s.add(
+            FhirResource(
+                resource_type=rtype,
+                resource_id=rid,
+                version_id=number,
+                procedure_id=None if shared else procedure_id,
+                current=True,
+                last_updated=now,
+                body=body,
+            )
+        )
+        changed.append(body)
+    s.flush()
+    return changed
+
+
+def _instant(when: datetime) -> str:
+    """A FHIR instant: milliseconds and a zone (naive times, as SQLite gives them back, are UTC)."""
+    aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
