@@ -9,6 +9,7 @@ from service.api import admin, errors, health, images, procedures, security
 from service.auth import Role
 from service.bootstrap import Services, build_services
 from service.config import Settings
+from service.fhir import api as fhir_api
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Flask:
@@ -26,6 +27,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
     for blp in (health.blp, images.blp, procedures.blp, admin.blp):
         api.register_blueprint(blp)
+    fhir_api.init_app(app)  # a plain blueprint: FHIR is not in the OpenAPI document
     # Endpoints registered by libraries declare their roles here (the OpenAPI document).
     app.extensions["usgi_endpoint_roles"] = {"api-docs.openapi_json": frozenset(Role)}
     security.init_app(app)

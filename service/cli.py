@@ -1,4 +1,4 @@
-"""The `usgi` command: serve | dicom | migrate | token | peer."""
+"""The `usgi` command: serve | dicom | worker | migrate | token | peer."""
 
 from __future__ import annotations
 
@@ -278,6 +278,27 @@ def dicom(worker: int | None, reuse_port: bool) -> None:
 
 
 @main.command()
+def worker() -> None:
+    """Deliver the FHIR outbox to the EHR (USGI_EHR_FHIR_BASE); several workers may run at once."""
+    settings = _settings()
+    if not settings.ehr_fhir_base:
+        raise click.UsageError("USGI_EHR_FHIR_BASE is not set: there is no EHR to deliver to")
+    _logging(settings)
+    from service.fhir.push import Pusher
+
+    stop = _Stop()
+    services = _services(settings)
+    pusher = Pusher(services, name=f"fhir-push-{os.getpid()}")
+    pusher.start()
+    click.echo(f"usgi-docs worker delivering the FHIR outbox to {settings.ehr_fhir_base}")
+    sys.stdout.flush()
+    stop.event.wait()
+    pusher.stop()
+    services.close()
+    log.info("stopped")
+
+
+@main.command()
 def serve() -> None:
     """Run the HTTP API and the DICOM receiver in one command (the embedded default)."""
     settings = _settings()
@@ -301,6 +322,13 @@ def serve() -> None:
     else:
         dicom_server = DicomServer(services)
         dicom_server.start()
+
+    pusher = None
+    if settings.ehr_fhir_base:
+        from service.fhir.push import Pusher
+
+        pusher = Pusher(services)
+        pusher.start()
 
     app = create_app(settings, services)
     in_flight = _InFlight(app)
@@ -329,6 +357,8 @@ def serve() -> None:
         dicom_server.stop(grace_seconds=remaining)
     if workers is not None:
         workers.stop(remaining)
+    if pusher is not None:
+        pusher.stop()  # an unfinished delivery is picked up again when its lease runs out
     services.close()
     log.info("stopped")
 

@@ -30,6 +30,19 @@ def _int(environ: Mapping[str, str], name: str, default: int, lo: int, hi: int) 
     return value
 
 
+def _seconds(environ: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from exc
+    if not lo <= value <= hi:  # also refuses nan
+        raise ConfigError(f"{name}={value} is outside {lo}..{hi}")
+    return value
+
+
 def _ae_title(value: str, name: str) -> str:
     value = value.strip()
     if not value or len(value) > 16 or "\\" in value or not value.isprintable():
@@ -112,6 +125,9 @@ class Settings:
     link_window_hours: int = 12
     timezone: str = ""
     role_keywords: str = ""
+    push_timeout_seconds: float = 30.0
+    push_backoff_seconds: float = 2.0
+    push_backoff_max_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         # Derived defaults follow USGI_DATA_DIR unless set explicitly.
@@ -146,6 +162,10 @@ class Settings:
         dicom_port = _int(env, "USGI_DICOM_PORT", 11112, 0, 65535)
         if processes > 1 and dicom_port == 0:
             raise ConfigError("USGI_DICOM_PROCESSES > 1 needs a fixed USGI_DICOM_PORT (0 would give each its own)")
+        backoff = _seconds(env, "USGI_PUSH_BACKOFF_SECONDS", 2.0, 0.01, 3600)
+        backoff_max = _seconds(env, "USGI_PUSH_BACKOFF_MAX_SECONDS", 600.0, 0.01, 86400)
+        if backoff > backoff_max:
+            raise ConfigError("USGI_PUSH_BACKOFF_SECONDS must not exceed USGI_PUSH_BACKOFF_MAX_SECONDS")
         return cls(
             data_dir=data_dir,
             database_url=env.get("USGI_DATABASE_URL", "").strip(),
@@ -169,6 +189,9 @@ class Settings:
             link_window_hours=_int(env, "USGI_LINK_WINDOW_HOURS", 12, 0, 168),
             timezone=_timezone(env.get("USGI_TIMEZONE", "").strip()),
             role_keywords=_role_keywords(env.get("USGI_ROLE_KEYWORDS", "").strip()),
+            push_timeout_seconds=_seconds(env, "USGI_PUSH_TIMEOUT_SECONDS", 30.0, 1, 600),
+            push_backoff_seconds=backoff,
+            push_backoff_max_seconds=backoff_max,
         )
 
     @classmethod

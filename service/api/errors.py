@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from service.api.security import Forbidden, Unauthorized
@@ -16,6 +17,9 @@ log = logging.getLogger(__name__)
 
 
 def error_response(status: int, code: str, message: str, errors: dict[str, Any] | None = None) -> Response:
+    render = _renderer_for_path()
+    if render is not None:
+        return render(status, code, message, errors)
     body: dict[str, Any] = {"code": code, "status": status, "message": message}
     if errors:
         body["errors"] = errors
@@ -24,6 +28,17 @@ def error_response(status: int, code: str, message: str, errors: dict[str, Any] 
     if status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="usgi"'
     return resp
+
+
+def _renderer_for_path() -> Callable[..., Response] | None:
+    """An API under its own path prefix may answer errors in its own shape (``/fhir``: OperationOutcome); it
+    registers ``app.extensions["usgi_error_renderers"][prefix] = render(status, code, message, errors)``."""
+    if not has_request_context():
+        return None
+    for prefix, render in current_app.extensions.get("usgi_error_renderers", {}).items():
+        if request.path == prefix or request.path.startswith(prefix + "/"):
+            return render  # type: ignore[no-any-return]
+    return None
 
 
 _DOMAIN_STATUS: dict[type[DomainError], int] = {

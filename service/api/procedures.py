@@ -172,3 +172,26 @@ def unlink_image(procedure_id: str, sop_instance_uid: str) -> Response:
     """Take an image off the procedure: it goes to the unlinked queue and the linker leaves it there."""
     procedures.unlink_image(_services(), procedure_id, sop_instance_uid, _actor())
     return Response(status=204)
+
+
+@blp.route("/procedures/<string:procedure_id>/report.pdf", methods=["GET"])
+@roles(*READERS)
+@blp.response(200, description="application/pdf: the guidance report with its pre and post images")
+def report_pdf(procedure_id: str) -> Response:
+    """The guidance report of the current version (the FHIR DocumentReference's attachment)."""
+    pdf, tag = procedures.report_pdf(_services(), procedure_id, _actor())
+    resp = Response(pdf, mimetype="application/pdf")
+    resp.headers["ETag"] = tag
+    resp.headers["Content-Disposition"] = f'inline; filename="guidance-report-{procedure_id}.pdf"'
+    resp.headers["Cache-Control"] = "private, no-cache"
+    return resp
+
+
+@blp.route("/procedures/<string:procedure_id>/consent.pdf", methods=["GET"])
+@roles(*READERS)
+@blp.response(200, description="application/pdf: the signed consent form, as uploaded")
+def consent_pdf(procedure_id: str) -> Response:
+    resp = Response(procedures.consent_document(_services(), procedure_id, _actor()), mimetype="application/pdf")
+    resp.headers["Content-Disposition"] = f'inline; filename="consent-{procedure_id}.pdf"'
+    resp.headers["Cache-Control"] = "private, no-cache"
+    return resp

@@ -623,3 +623,68 @@ def _instance_rows(s: Session, sop_instance_uid: str) -> list[Instance]:
     if not rows:
         raise NotFound(f"no image {sop_instance_uid}")
     return rows
+
+
+# --- documents ---------------------------------------------------------------------------------------------------
+
+
+def report_pdf(services: Services, procedure_id: str, actor: Actor) -> tuple[bytes, str]:
+    """The guidance report of the current version as a PDF, with the first pre and post images; and its ETag."""
+    from schemas.procedures import current_catalog
+    from service.documents.report_pdf import KeyImage, render_report
+    from service.images import stored_path
+    from service.imaging.preview import PreviewError, render_preview
+
+    with unit_of_work(services.session_factory) as s:
+        proc = _load(s, procedure_id)
+        linked = s.scalars(
+            select(Instance).where(Instance.procedure_id == proc.id, Instance.image_role.in_(("pre", "post")))
+            .order_by(Instance.acquisition_datetime, Instance.id)
+        ).all()  # fmt: skip
+        keys: list[KeyImage] = []
+        for role in ("pre", "post"):
+            row = next((r for r in linked if r.image_role == role and r.is_image), None)
+            if row is None:
+                continue
+            try:
+                png = render_preview(stored_path(services, row), 0, 600)
+            except (PreviewError, OSError, NotFound):
+                continue  # the report still renders; the image is listed as missing by its absence
+            when = row.acquisition_datetime or row.content_datetime
+            keys.append(KeyImage(role, png, f"{row.series_description or ''} {when or ''} SOP {row.sop_instance_uid}"))
+        signatures = [_signature_view(g) for g in _live_signatures_any(s, proc)]
+        site = current_catalog().sites.get(proc.site or "")
+        pdf = render_report(
+            proc.report,
+            procedure_id=proc.id,
+            version=proc.version,
+            status=proc.status,
+            site_label=site.label if site else (proc.site or "site not recorded"),
+            signatures=signatures,
+            images=keys,
+        )
+        _audit(s, services, actor, "export_report", proc.id, version=proc.version, images=len(keys))
+        return pdf, f'"{proc.id}-{proc.version}-{len(keys)}"'
+
+
+def consent_document(services: Services, procedure_id: str, actor: Actor) -> bytes:
+    """The signed consent form attached to the report (a PDF), as it was uploaded."""
+    import base64
+
+    with unit_of_work(services.session_factory) as s:
+        proc = _load(s, procedure_id)
+        document = ((proc.report.get("consent") or {}).get("document") or {}).get("data")
+        if not document:
+            raise NotFound(f"procedure {procedure_id} has no attached consent document")
+        _audit(s, services, actor, "export_consent", proc.id, version=proc.version)
+        return base64.b64decode(str(document))
+
+
+def _live_signatures_any(s: Session, proc: Procedure) -> list[ProcedureSignature]:
+    return list(
+        s.scalars(
+            select(ProcedureSignature)
+            .where(ProcedureSignature.procedure_id == proc.id, ProcedureSignature.voided_at.is_(None))
+            .order_by(ProcedureSignature.id)
+        )
+    )

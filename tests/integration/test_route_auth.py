@@ -13,6 +13,13 @@ EXPECTED_ROUTES: dict[tuple[str, str], frozenset[Role] | None] = {
     ("/healthz", "GET"): None,
     ("/readyz", "GET"): ANY_ROLE,
     ("/openapi.json", "GET"): ANY_ROLE,
+    ("/fhir/metadata", "GET"): ANY_ROLE,
+    ("/fhir/<string:resource_type>", "GET"): frozenset({Role.EHR, Role.AUDITOR}),
+    ("/fhir/<string:resource_type>/<string:resource_id>", "GET"): frozenset({Role.EHR, Role.AUDITOR}),
+    ("/fhir/<string:resource_type>/<string:resource_id>/_history", "GET"): frozenset({Role.EHR, Role.AUDITOR}),
+    ("/fhir/<string:resource_type>/<string:resource_id>/_history/<string:version_id>", "GET"): frozenset(
+        {Role.EHR, Role.AUDITOR}
+    ),
     ("/api/images", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR}),
     ("/api/images/<string:sop_instance_uid>", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR}),
     ("/api/images/<string:sop_instance_uid>/dicom", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR}),
@@ -27,21 +34,29 @@ EXPECTED_ROUTES: dict[tuple[str, str], frozenset[Role] | None] = {
     ("/api/procedures/<string:procedure_id>/amend", "POST"): frozenset({Role.CLINICIAN}),
     ("/api/procedures/<string:procedure_id>/cancel", "POST"): frozenset({Role.CLINICIAN, Role.EHR}),
     ("/api/procedures/<string:procedure_id>/versions", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR, Role.EHR}),
+    ("/api/procedures/<string:procedure_id>/report.pdf", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR, Role.EHR}),
+    ("/api/procedures/<string:procedure_id>/consent.pdf", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR, Role.EHR}),
     ("/api/procedures/<string:procedure_id>/images", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR}),
     ("/api/procedures/<string:procedure_id>/images/<string:sop_instance_uid>", "PUT"): frozenset({Role.CLINICIAN}),
     ("/api/procedures/<string:procedure_id>/images/<string:sop_instance_uid>", "DELETE"): frozenset({Role.CLINICIAN}),
     ("/api/peers", "GET"): frozenset({Role.ADMIN}),
     ("/api/peers", "POST"): frozenset({Role.ADMIN}),
     ("/api/peers/<string:ae_title>", "DELETE"): frozenset({Role.ADMIN}),
+    ("/api/outbox", "GET"): frozenset({Role.ADMIN}),
+    ("/api/outbox/<int:message_id>/retry", "POST"): frozenset({Role.ADMIN}),
 }
 PUBLIC_RULES = {"/healthz"}
 # Only these may admit every role (they expose no patient data).
-OPEN_TO_ALL_ROLES = {"/readyz", "/openapi.json"}
+OPEN_TO_ALL_ROLES = {"/readyz", "/openapi.json", "/fhir/metadata"}
 # A plausible value for every URL variable the app uses (a new variable name must be added here).
 URL_VALUES = {
     "sop_instance_uid": "1.2.826.0.1.3680043.8.498.12345",
+    "resource_type": "Procedure",
+    "resource_id": "0123456789abcdef-procedure",
+    "version_id": "1",
     "ae_title": "NOSUCHAE",
     "procedure_id": "0123456789abcdef",
+    "message_id": 987654321,
 }
 
 
@@ -70,7 +85,10 @@ def _assert_401(resp, where: str) -> None:  # type: ignore[no-untyped-def]
     assert resp.status_code == 401, f"{where}: {resp.status_code} {resp.get_data(as_text=True)[:200]}"
     assert resp.is_json, where
     body = resp.get_json()
-    assert body["code"] == "unauthorized" and body["status"] == 401 and body["message"], where
+    if resp.request.path.startswith("/fhir/"):  # FHIR errors are OperationOutcomes (service/fhir/api.py)
+        assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == "login", where
+    else:
+        assert body["code"] == "unauthorized" and body["status"] == 401 and body["message"], where
     assert resp.headers.get("WWW-Authenticate", "").startswith("Bearer"), where
 
 
@@ -156,6 +174,7 @@ def test_a_revoked_token_is_401_everywhere(app, client, services):
 
 def test_a_role_not_admitted_is_403_and_an_admitted_one_passes(app, client, auth):
     forbidden_checked = 0
+    fhir_forbidden_checked = 0
     for rule, method, endpoint, url in _routes(app):
         if rule in PUBLIC_RULES:
             continue
@@ -169,10 +188,17 @@ def test_a_role_not_admitted_is_403_and_an_admitted_one_passes(app, client, auth
             else:
                 assert resp.status_code == 403, f"{where}: {resp.status_code}"
                 body = resp.get_json()
-                assert body["code"] == "forbidden" and body["status"] == 403, where
+                if rule.startswith("/fhir/"):  # an OperationOutcome, counted apart
+                    assert body["issue"][0]["code"] == "forbidden", where
+                    fhir_forbidden_checked += 1
+                else:
+                    assert body["code"] == "forbidden" and body["status"] == 403, where
+                    forbidden_checked += 1
                 assert "WWW-Authenticate" not in resp.headers, where
-                forbidden_checked += 1
             resp.close()
-    # Image reader routes: 5 x (ehr, admin); admin routes: 3 x (clinician, auditor, ehr); procedure routes:
-    # 3 reads x admin, 1 image list x (ehr, admin), 3 writes x (auditor, admin), 5 clinician-only x 3 others.
-    assert forbidden_checked == 5 * 2 + 3 * 3 + 3 * 1 + 1 * 2 + 3 * 2 + 5 * 3
+    # FHIR resource routes (search, read, history, vread): 4 x (clinician, admin); /fhir/metadata admits every role.
+    assert fhir_forbidden_checked == 4 * 2
+    # Image reader routes: 5 x (ehr, admin); admin routes (peers 3, outbox 2): 5 x (clinician, auditor, ehr);
+    # procedure routes: 5 reads (3 + report.pdf, consent.pdf) x admin, 1 image list x (ehr, admin), 3 writes x
+    # (auditor, admin), 5 clinician-only x 3 others.
+    assert forbidden_checked == 5 * 2 + 5 * 3 + 5 * 1 + 1 * 2 + 3 * 2 + 5 * 3

@@ -143,6 +143,7 @@ def test_describe_masks_the_password_of_a_postgres_url():
         "ae_title", "dicom_peers", "dicom_max_associations", "dicom_max_pdu", "dicom_processes",
         "dicom_network_timeout", "ehr_fhir_base", "payer_rules", "log_level", "shutdown_grace_seconds",
         "public_url", "identifier_system", "link_window_hours", "timezone", "role_keywords",
+        "push_timeout_seconds", "push_backoff_seconds", "push_backoff_max_seconds",
     }  # fmt: skip
 
 

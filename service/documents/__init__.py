@@ -1,0 +1,1 @@
+"""Documents the service renders (the guidance report PDF)."""

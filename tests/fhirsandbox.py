@@ -1,0 +1,146 @@
+"""The FHIR sandbox (../shared/tools/fhir-sandbox: Medplum's FHIR router on loopback, Node) as pytest fixtures.
+
+It is the EHR the outbox pushes to in tests: a real FHIR R4 server with a control API that simulates outages and
+counts deliveries. Installed like the validator (tests/fhirvalidate.py): copied into the git-ignored
+``.cache/fhir-sandbox``, ``npm ci`` once per package-lock. ``USGI_FHIR_SANDBOX_SOURCE`` points at another copy.
+A missing tool or Node fails the run: the push tests must not be skipped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = Path(os.environ.get("USGI_FHIR_SANDBOX_SOURCE") or ROOT / ".." / "shared" / "tools" / "fhir-sandbox")
+TARGET = ROOT / ".cache" / "fhir-sandbox"
+
+
+_STAMP = "node_modules/.usgi-lock-sha256"
+
+
+def install_sandbox(source: Path = SOURCE, target: Path = TARGET) -> Path:
+    """Copy the tool into ``target`` and run ``npm ci`` unless an install for the same lock file is there."""
+    if not (source / "server.mjs").is_file() or not (source / "package-lock.json").is_file():
+        pytest.fail(
+            f"the FHIR sandbox is missing: expected it at {source.resolve()} (set USGI_FHIR_SANDBOX_SOURCE to its "
+            "folder)",
+            pytrace=False,
+        )
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.fail("node and npm (Node 20+) are needed to run the FHIR sandbox", pytrace=False)
+    digest = hashlib.sha256((source / "package-lock.json").read_bytes()).hexdigest()
+    stamp = target / _STAMP
+    target.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.name == "node_modules":
+            continue
+        if item.is_dir():
+            shutil.copytree(item, target / item.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, target / item.name)
+    if (target / "node_modules").is_dir() and stamp.is_file() and stamp.read_text().strip() == digest:
+        return target
+    done = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=target,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"npm ci in {target} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}", pytrace=False)
+    stamp.write_text(digest + "\n")
+    return target
+
+
+class Sandbox:
+    """A running sandbox: ``base`` is its FHIR base URL; the rest drives its control API."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.control = base.removesuffix("/fhir/R4") + "/_sandbox"
+        self.http = requests.Session()
+
+    def reset(self) -> None:
+        self.http.post(f"{self.control}/reset", timeout=10).raise_for_status()
+
+    def outage(self, mode: str, count: int | None = None, retry_after: float | None = None) -> None:
+        body: dict[str, Any] = {"mode": mode}
+        if count is not None:
+            body["count"] = count
+        if retry_after is not None:
+            body["retryAfter"] = retry_after
+        self.http.post(f"{self.control}/outage", json=body, timeout=10).raise_for_status()
+
+    def end_outage(self) -> None:
+        self.http.delete(f"{self.control}/outage", timeout=10).raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        resp = self.http.get(f"{self.control}/requests", timeout=10)
+        resp.raise_for_status()
+        return resp.json()["requests"]  # type: ignore[no-any-return]
+
+    def transactions(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests() if r["method"] == "POST" and r.get("bundleType") == "transaction"]
+
+    def applied(self) -> list[dict[str, Any]]:
+        """Transactions the server committed: answered 2xx, or applied before their answer was lost."""
+        return [r for r in self.transactions() if str(r.get("status") or r.get("applied") or "").startswith("2")]
+
+    def get(self, path: str, **params: str) -> requests.Response:
+        return self.http.get(f"{self.base}/{path}", params=params, headers={"Accept": "application/fhir+json"})
+
+    def search_total(self, resource_type: str, **params: str) -> int:
+        resp = self.get(resource_type, **params)
+        resp.raise_for_status()
+        return len(resp.json().get("entry") or [])
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@pytest.fixture(scope="session")
+def sandbox_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    tool = install_sandbox()
+    folder = tmp_path_factory.mktemp("fhir-sandbox")
+    port_file, out = folder / "port", folder / "out.log"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            ["node", str(tool / "server.mjs"), "--port", "0", "--port-file", str(port_file)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 15
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the FHIR sandbox did not start:\n{out.read_text()}", pytrace=False)
+            time.sleep(0.05)
+        sandbox = Sandbox(f"http://127.0.0.1:{int(port_file.read_text())}/fhir/R4")
+        yield sandbox
+        sandbox.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def sandbox(sandbox_server: Sandbox) -> Sandbox:
+    """The session's sandbox, emptied: no resources, no log, no outage."""
+    sandbox_server.reset()
+    return sandbox_server
