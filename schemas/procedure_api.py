@@ -46,6 +46,10 @@ class ProcedureSchema(Schema):
     signatures = fields.List(fields.Nested(SignatureSchema))
     image_count = fields.Integer()
     cancel_reason = fields.String(allow_none=True)
+    coding = fields.Dict(
+        allow_none=True,
+        metadata={"description": "final/amended only: claim lines, diagnoses and findings, each naming its rules"},
+    )
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
 

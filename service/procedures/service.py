@@ -167,6 +167,12 @@ def view(s: Session, proc: Procedure) -> dict[str, Any]:
         "signatures": [_signature_view(g) for g in signatures],
         "image_count": images or 0,
         "cancel_reason": proc.cancel_reason,
+        # The coding of a final or amended version, with the rule behind every line and finding (for auditors).
+        "coding": s.scalar(
+            select(ProcedureVersion.coding).where(
+                ProcedureVersion.procedure_id == proc.id, ProcedureVersion.version == proc.version
+            )
+        ),
         "created_at": proc.created_at,
         "updated_at": proc.updated_at,
     }

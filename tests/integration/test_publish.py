@@ -77,6 +77,9 @@ def test_a_final_report_with_pre_and_post_images_is_coded_guided_and_published(
     with services.session_factory() as s:
         coding = s.scalars(select(ProcedureVersion.coding).where(ProcedureVersion.version == 2)).one()
     assert [line["code"] for line in coding["lines"]] == ["20611", "J3301"]
+    # The same coding, with the rules behind it, is what an auditor reads on the procedure.
+    shown = client.get(f"/api/procedures/{pid}", headers=auth["auditor"]).get_json()["coding"]
+    assert shown == coding and "US-GUIDED-JOINT" in shown["lines"][0]["rules"]
 
     for body in resources.values():
         to_model(body)  # fhir.resources R4B accepts every one
@@ -85,8 +88,12 @@ def test_a_final_report_with_pre_and_post_images_is_coded_guided_and_published(
 
 
 def test_without_recorded_images_the_joint_is_down_coded(client, auth, services):
-    pid = _final(client, auth, full_report()).get_json()["id"]
-    assert _claim_codes(_current(services, pid))[0] == ("20610", ("RT",))
+    final = _final(client, auth, full_report()).get_json()
+    assert _claim_codes(_current(services, final["id"]))[0] == ("20610", ("RT",))
+    [finding] = [f for f in final["coding"]["findings"] if f["rule"] == "US-NOT-RECORDED-DOWNCODE"]
+    assert finding["severity"] == "warning"
+    draft = client.post("/api/procedures", json=full_report(), headers=auth["clinician"]).get_json()
+    assert draft["coding"] is None  # a draft is not coded
 
 
 def test_an_amendment_versions_only_what_changed_and_queues_only_that(client, auth, services):
