@@ -8,9 +8,7 @@ A missing tool or Node fails the run: the push tests must not be skipped silentl
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,48 +18,15 @@ from typing import Any
 import pytest
 import requests
 
+from tests.fhirvalidate import install_node_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = Path(os.environ.get("USGI_FHIR_SANDBOX_SOURCE") or ROOT / ".." / "shared" / "tools" / "fhir-sandbox")
 TARGET = ROOT / ".cache" / "fhir-sandbox"
 
 
-_STAMP = "node_modules/.usgi-lock-sha256"
-
-
 def install_sandbox(source: Path = SOURCE, target: Path = TARGET) -> Path:
-    """Copy the tool into ``target`` and run ``npm ci`` unless an install for the same lock file is there."""
-    if not (source / "server.mjs").is_file() or not (source / "package-lock.json").is_file():
-        pytest.fail(
-            f"the FHIR sandbox is missing: expected it at {source.resolve()} (set USGI_FHIR_SANDBOX_SOURCE to its "
-            "folder)",
-            pytrace=False,
-        )
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.fail("node and npm (Node 20+) are needed to run the FHIR sandbox", pytrace=False)
-    digest = hashlib.sha256((source / "package-lock.json").read_bytes()).hexdigest()
-    stamp = target / _STAMP
-    target.mkdir(parents=True, exist_ok=True)
-    for item in source.iterdir():
-        if item.name == "node_modules":
-            continue
-        if item.is_dir():
-            shutil.copytree(item, target / item.name, dirs_exist_ok=True)
-        else:
-            shutil.copy2(item, target / item.name)
-    if (target / "node_modules").is_dir() and stamp.is_file() and stamp.read_text().strip() == digest:
-        return target
-    done = subprocess.run(
-        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=target,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"npm ci in {target} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}", pytrace=False)
-    stamp.write_text(digest + "\n")
-    return target
+    return install_node_tool(source, target, "server.mjs", "the FHIR sandbox", "USGI_FHIR_SANDBOX_SOURCE")
 
 
 class Sandbox:

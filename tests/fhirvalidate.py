@@ -42,32 +42,27 @@ class Verdict:
         return "\n".join(self.lines) or f"(exit {self.returncode}, no output)"
 
 
-def _lock_digest(folder: Path) -> str:
-    return hashlib.sha256((folder / "package-lock.json").read_bytes()).hexdigest()
-
-
-def install_validator(source: Path = SOURCE, target: Path = TARGET) -> Path:
-    """Copy the tool into ``target`` and run ``npm ci`` unless an install for the same lock file is there."""
-    if not (source / "validate.mjs").is_file() or not (source / "package-lock.json").is_file():
+def install_node_tool(source: Path, target: Path, entry: str, what: str, variable: str) -> Path:
+    """Copy the Node tool ``source`` (whose main file is ``entry``) into ``target`` and run ``npm ci`` there,
+    unless an install for the same lock file is already in place. Fails the run when the tool or Node is missing."""
+    if not (source / entry).is_file() or not (source / "package-lock.json").is_file():
         pytest.fail(
-            f"the independent FHIR validator is missing: expected it at {source.resolve()} "
-            "(set USGI_FHIR_VALIDATE_SOURCE to its folder)",
+            f"{what} is missing: expected it at {source.resolve()} (set {variable} to its folder)",
             pytrace=False,
         )
     if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.fail("node and npm (Node 20+) are needed to run the independent FHIR validator", pytrace=False)
-    digest = _lock_digest(source)
+        pytest.fail(f"node and npm (Node 20+) are needed to run {what}", pytrace=False)
+    digest = hashlib.sha256((source / "package-lock.json").read_bytes()).hexdigest()
     stamp = target / _STAMP
     # Refresh the tool's own files every time (cheap); node_modules is kept when the lock file is unchanged.
     target.mkdir(parents=True, exist_ok=True)
     for item in source.iterdir():
         if item.name == "node_modules":
             continue
-        dest = target / item.name
         if item.is_dir():
-            shutil.copytree(item, dest, dirs_exist_ok=True)
+            shutil.copytree(item, target / item.name, dirs_exist_ok=True)
         else:
-            shutil.copy2(item, dest)
+            shutil.copy2(item, target / item.name)
     if (target / "node_modules").is_dir() and stamp.is_file() and stamp.read_text().strip() == digest:
         return target
     done = subprocess.run(
@@ -82,6 +77,12 @@ def install_validator(source: Path = SOURCE, target: Path = TARGET) -> Path:
         pytest.fail(f"npm ci in {target} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}", pytrace=False)
     stamp.write_text(digest + "\n")
     return target
+
+
+def install_validator(source: Path = SOURCE, target: Path = TARGET) -> Path:
+    return install_node_tool(
+        source, target, "validate.mjs", "the independent FHIR validator", "USGI_FHIR_VALIDATE_SOURCE"
+    )
 
 
 def validate_resources(

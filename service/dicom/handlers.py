@@ -158,11 +158,6 @@ def handle_n_action(event: Event, services: Services, reporter: CommitmentReport
     return st.SUCCESS, None
 
 
-# C-FIND statuses (PS3.4 C.4.1.1.4). 0x0122 is the C-service "SOP class not supported"; N-services use 0x0118.
-FIND_SOP_CLASS_NOT_SUPPORTED = 0x0122
-FIND_PENDING = 0xFF00
-FIND_CANCELLED = 0xFE00
-
 FindResult = tuple[int | Dataset, Dataset | None]
 
 
@@ -174,7 +169,7 @@ def handle_find(event: Event, services: Services) -> Iterator[FindResult]:
     """
     calling = event.assoc.requestor.ae_title
     if str(event.request.AffectedSOPClassUID) != ModalityWorklistInformationFind:
-        yield st.status_dataset(FIND_SOP_CLASS_NOT_SUPPORTED, "SOP class not supported"), None
+        yield st.status_dataset(st.SOP_CLASS_NOT_SUPPORTED, "SOP class not supported"), None
         return
     try:
         query = _decoded(event.identifier)
@@ -208,7 +203,7 @@ def _find_responses(event: Event, query: Dataset, items: list[Dataset], disclose
     for item in items:
         if event.is_cancelled:
             log.info("worklist C-FIND from %s cancelled after %d match(es)", calling, matched)
-            yield FIND_CANCELLED, None
+            yield st.CANCEL, None
             return
         try:
             identifier = response(query, item) if match(query, item) else None
@@ -223,7 +218,7 @@ def _find_responses(event: Event, query: Dataset, items: list[Dataset], disclose
         if identifier is not None:
             matched += 1
             disclosed.append(str(item.get("RequestedProcedureID", "")))
-            yield FIND_PENDING, identifier
+            yield st.PENDING, identifier
     log.info("worklist C-FIND from %s: %d of %d item(s) matched", calling, matched, len(items))
 
 

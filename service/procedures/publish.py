@@ -9,46 +9,29 @@ of a resource is the list of its real changes. The outbox row holds a transactio
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from schemas.procedures import ProcedureCreateSchema, current_catalog
+from schemas.procedures import current_catalog
 from service.bootstrap import Services
 from service.coding.result import coding_input
 from service.coding.rules import code_procedure
 from service.fhir.mapping import map_json, to_bundle, to_model
 from service.fhir.record import ProcedureRecord
-from service.images import image_view
-from service.models import FhirResource, Instance, OutboxMessage, Procedure, ProcedureSignature, ProcedureVersion
+from service.models import FhirResource, OutboxMessage, Procedure, ProcedureVersion
+from service.procedures.reads import linked_images, live_signatures, signature_view
 
 
-def linked_images(s: Session, procedure_id: str) -> list[dict[str, Any]]:
-    """The latest version of each image linked to the procedure, oldest first."""
-    latest = (
-        select(func.max(Instance.id)).where(Instance.procedure_id == procedure_id).group_by(Instance.sop_instance_uid)
-    )
-    return [image_view(r) for r in s.scalars(select(Instance).where(Instance.id.in_(latest)).order_by(Instance.id))]
-
-
-def _signatures(s: Session, proc: Procedure) -> list[dict[str, Any]]:
-    rows = s.scalars(
-        select(ProcedureSignature)
-        .where(ProcedureSignature.procedure_id == proc.id, ProcedureSignature.voided_at.is_(None))
-        .order_by(ProcedureSignature.id)
-    )
-    return [{"capacity": g.capacity, "signer": g.signer, "signed_at": g.signed_at} for g in rows]
-
-
-def publish(s: Session, services: Services, proc: Procedure) -> list[dict[str, Any]]:
-    """Code and map ``proc`` at its current version; returns the resources whose content changed."""
+def publish(s: Session, services: Services, proc: Procedure, loaded: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Code and map ``proc`` at its current version (``loaded``: its report as the schema loads it, which the
+    caller has at hand); returns the resources whose content changed."""
     settings = services.settings
     images = linked_images(s, proc.id)
     roles = {i.get("image_role") for i in images}
-    loaded = ProcedureCreateSchema().load(proc.report)
     coding = code_procedure(
         coding_input(loaded, len(images), "pre" in roles, "post" in roles), current_catalog(), settings.payer_rules
     )
@@ -63,7 +46,7 @@ def publish(s: Session, services: Services, proc: Procedure) -> list[dict[str, A
         coding=coding,
         base_url=settings.public_url,
         identifier_system=settings.identifier_system,
-        signatures=_signatures(s, proc),
+        signatures=[signature_view(g) for g in live_signatures(s, proc.id)],
         images=images,
     )
     changed = _store(s, services, proc.id, map_json(record))

@@ -32,6 +32,7 @@ from service.models import AuditEvent, Instance, Procedure, ProcedureSignature, 
 from service.procedures import linker
 from service.procedures.lifecycle import Action, InvalidTransition, ProcedureStatus, is_editable, next_status
 from service.procedures.publish import publish
+from service.procedures.reads import linked_images, live_signatures, signature_view
 from service.procedures.roles import ImageRole
 
 # Fields whose presence means the report is being written (a draft), not only scheduled.
@@ -164,7 +165,7 @@ def view(s: Session, proc: Procedure) -> dict[str, Any]:
         "finalisation_problems": problems,
         "warnings": report_warnings(loaded) if loaded is not None else {},
         "awaiting_signature": awaiting,
-        "signatures": [_signature_view(g) for g in signatures],
+        "signatures": [signature_view(g) for g in signatures],
         "image_count": images or 0,
         "cancel_reason": proc.cancel_reason,
         # The coding of a final or amended version, with the rule behind every line and finding (for auditors).
@@ -175,18 +176,6 @@ def view(s: Session, proc: Procedure) -> dict[str, Any]:
         ),
         "created_at": proc.created_at,
         "updated_at": proc.updated_at,
-    }
-
-
-def _signature_view(sig: ProcedureSignature) -> dict[str, Any]:
-    return {
-        "capacity": sig.capacity,
-        "signer": sig.signer,
-        "token_id": sig.token_id,
-        "version": sig.version,
-        "statement": sig.statement,
-        "signed_at": sig.signed_at,
-        "voided_at": sig.voided_at,
     }
 
 
@@ -386,7 +375,7 @@ def _store_change(
     actor: Actor,
     reason: str | None = None,
 ) -> None:
-    keys_before = (proc.accession_number, proc.study_instance_uid, proc.patient_id, proc.encounter_id, proc.injected_at)
+    facts_before = linker.procedure_facts(proc)
     report = ProcedureCreateSchema().dump(data)
     report.setdefault("accession_number", proc.accession_number)
     report.setdefault("study_instance_uid", proc.study_instance_uid)
@@ -397,17 +386,13 @@ def _store_change(
     proc.updated_at = services.clock()
     _add_version(s, services, proc, action, actor, reason)
     s.flush()
-    keys_after = (proc.accession_number, proc.study_instance_uid, proc.patient_id, proc.encounter_id, proc.injected_at)
-    if keys_after != keys_before or proc.laterality is not None:
+    # Only what the linker reads can change a link or a role.
+    if linker.procedure_facts(proc) != facts_before:
         linker.relink_for_procedure(s, proc, services.link_settings)
 
 
 def _void_signatures(s: Session, services: Services, proc: Procedure) -> int:
-    live = s.scalars(
-        select(ProcedureSignature).where(
-            ProcedureSignature.procedure_id == proc.id, ProcedureSignature.voided_at.is_(None)
-        )
-    ).all()
+    live = live_signatures(s, proc.id)
     for sig in live:
         sig.voided_at = services.clock()
     return len(live)
@@ -448,7 +433,7 @@ def finalize(services: Services, procedure_id: str, if_match: str | None, actor:
         problems = finalisation_problems(data)
         if problems:
             raise Incomplete(problems)
-        live = _live_signatures(s, proc)
+        live = live_signatures(s, proc.id, proc.version)
         if any(g.capacity == "performer" for g in live):
             raise Conflict("the performer has already signed this version; it waits for the supervisor's co-signature")
         _sign(s, services, proc, "performer", actor, proc.version)
@@ -459,7 +444,7 @@ def finalize(services: Services, procedure_id: str, if_match: str | None, actor:
             _store_change(
                 s, services, proc, data, next_status(ProcedureStatus(proc.status), Action.FINALIZE), "finalize", actor
             )
-            publish(s, services, proc)
+            publish(s, services, proc, data)
             _audit(s, services, actor, "finalize", proc.id, version=proc.version)
         s.flush()
         return view(s, proc), etag(proc.version)
@@ -474,7 +459,7 @@ def cosign(services: Services, procedure_id: str, if_match: str | None, actor: A
         data = _reload(proc.report)
         if data is None or not (data.get("performer") or {}).get("in_training"):
             raise Conflict("only a report whose performer is in training is co-signed; finalize this one")
-        live = _live_signatures(s, proc)
+        live = live_signatures(s, proc.id, proc.version)
         performer = next((g for g in live if g.capacity == "performer"), None)
         if performer is None:
             raise Conflict("the performer has not signed this version yet (POST .../finalize first)")
@@ -484,7 +469,7 @@ def cosign(services: Services, procedure_id: str, if_match: str | None, actor: A
         _store_change(
             s, services, proc, data, next_status(ProcedureStatus(proc.status), Action.FINALIZE), "cosign", actor
         )
-        publish(s, services, proc)
+        publish(s, services, proc, data)
         _audit(s, services, actor, "cosign", proc.id, version=proc.version)
         s.flush()
         return view(s, proc), etag(proc.version)
@@ -507,7 +492,7 @@ def amend(
             s, services, proc, data, next_status(ProcedureStatus(proc.status), Action.AMEND), "amend", actor, reason
         )
         _sign(s, services, proc, "amender", actor, proc.version)
-        publish(s, services, proc)
+        publish(s, services, proc, data)
         _audit(s, services, actor, "amend", proc.id, version=proc.version, fields=sorted(changes))
         s.flush()
         return view(s, proc), etag(proc.version)
@@ -544,34 +529,15 @@ def _transition_allowed(proc: Procedure, action: Action) -> None:
         raise Conflict(str(exc)) from exc
 
 
-def _live_signatures(s: Session, proc: Procedure) -> list[ProcedureSignature]:
-    return list(
-        s.scalars(
-            select(ProcedureSignature).where(
-                ProcedureSignature.procedure_id == proc.id,
-                ProcedureSignature.voided_at.is_(None),
-                ProcedureSignature.version == proc.version,
-            )
-        ).all()
-    )
-
-
 # --- images ------------------------------------------------------------------------------------------------------
 
 
 def images(services: Services, procedure_id: str, actor: Actor) -> list[dict[str, Any]]:
-    from service.images import image_view
-
     with unit_of_work(services.session_factory) as s:
         _load(s, procedure_id)
-        latest = (
-            select(func.max(Instance.id))
-            .where(Instance.procedure_id == procedure_id)
-            .group_by(Instance.sop_instance_uid)
-        )
-        rows = s.scalars(select(Instance).where(Instance.id.in_(latest)).order_by(Instance.id)).all()
-        _audit(s, services, actor, "read_images", procedure_id, returned=len(rows))
-        return [image_view(r) for r in rows]
+        found = linked_images(s, procedure_id)
+        _audit(s, services, actor, "read_images", procedure_id, returned=len(found))
+        return found
 
 
 def link_image(
@@ -658,7 +624,7 @@ def report_pdf(services: Services, procedure_id: str, actor: Actor) -> tuple[byt
                 continue  # the report still renders; the image is listed as missing by its absence
             when = row.acquisition_datetime or row.content_datetime
             keys.append(KeyImage(role, png, f"{row.series_description or ''} {when or ''} SOP {row.sop_instance_uid}"))
-        signatures = [_signature_view(g) for g in _live_signatures_any(s, proc)]
+        signatures = [signature_view(g) for g in live_signatures(s, proc.id)]
         site = current_catalog().sites.get(proc.site or "")
         pdf = render_report(
             proc.report,
@@ -684,13 +650,3 @@ def consent_document(services: Services, procedure_id: str, actor: Actor) -> byt
             raise NotFound(f"procedure {procedure_id} has no attached consent document")
         _audit(s, services, actor, "export_consent", proc.id, version=proc.version)
         return base64.b64decode(str(document))
-
-
-def _live_signatures_any(s: Session, proc: Procedure) -> list[ProcedureSignature]:
-    return list(
-        s.scalars(
-            select(ProcedureSignature)
-            .where(ProcedureSignature.procedure_id == proc.id, ProcedureSignature.voided_at.is_(None))
-            .order_by(ProcedureSignature.id)
-        )
-    )
