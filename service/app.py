@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from flask_smorest import Api
 
-from service.api import admin, errors, health, images, procedures, security
+from service.api import admin, dicomweb, errors, health, images, procedures, security
 from service.auth import Role
 from service.bootstrap import Services, build_services
 from service.config import Settings
@@ -25,7 +25,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Flask:
     app.extensions["usgi"] = services or build_services(settings)
     api = Api(app, spec_kwargs={"security": [{"bearerAuth": []}]})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
-    for blp in (health.blp, images.blp, procedures.blp, admin.blp):
+    for blp in (health.blp, images.blp, dicomweb.blp, procedures.blp, admin.blp):
         api.register_blueprint(blp)
     fhir_api.init_app(app)  # a plain blueprint: FHIR is not in the OpenAPI document
     # Endpoints registered by libraries declare their roles here (the OpenAPI document).

@@ -128,6 +128,7 @@ class Settings:
     push_timeout_seconds: float = 30.0
     push_backoff_seconds: float = 2.0
     push_backoff_max_seconds: float = 600.0
+    push_max_entries: int = 8
 
     def __post_init__(self) -> None:
         # Derived defaults follow USGI_DATA_DIR unless set explicitly.
@@ -155,6 +156,10 @@ class Settings:
         ehr = env.get("USGI_EHR_FHIR_BASE", "").strip().rstrip("/")
         if ehr and not ehr.startswith(("http://", "https://")):
             raise ConfigError(f"USGI_EHR_FHIR_BASE={ehr!r} must be an http(s) URL")
+        if ehr and not env.get("USGI_IDENTIFIER_SYSTEM", "").strip():
+            # The EHR finds our resources again by identifiers in this system: a default derived from the
+            # listening address would change with it and duplicate everything there.
+            raise ConfigError("USGI_EHR_FHIR_BASE needs USGI_IDENTIFIER_SYSTEM: your organisation's URI, never changed")
         log_level = (env.get("USGI_LOG_LEVEL", "").strip() or "INFO").upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"USGI_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR")
@@ -192,6 +197,7 @@ class Settings:
             push_timeout_seconds=_seconds(env, "USGI_PUSH_TIMEOUT_SECONDS", 30.0, 1, 600),
             push_backoff_seconds=backoff,
             push_backoff_max_seconds=backoff_max,
+            push_max_entries=_int(env, "USGI_PUSH_MAX_ENTRIES", 8, 0, 1000),
         )
 
     @classmethod

@@ -82,6 +82,22 @@ def get_image(services: Services, sop_instance_uid: str, version: int | None = N
     return rows[version - 1], rows
 
 
+def latest_in_study(services: Services, study_uid: str, series_uid: str | None = None) -> list[Instance]:
+    """The current version of each instance of a study (or of one of its series), in the order received."""
+    members = select(Instance.sop_instance_uid).where(Instance.study_instance_uid == study_uid)
+    latest = select(func.max(Instance.id)).where(Instance.sop_instance_uid.in_(members))
+    q = select(Instance).where(
+        Instance.id.in_(latest.group_by(Instance.sop_instance_uid)), Instance.study_instance_uid == study_uid
+    )
+    if series_uid is not None:
+        q = q.where(Instance.series_instance_uid == series_uid)
+    with services.session_factory() as s:
+        rows = list(s.scalars(q.order_by(Instance.id)))
+    if not rows:
+        raise NotFound("no stored instance in this series" if series_uid else "no stored instance in this study")
+    return rows
+
+
 def stored_path(services: Services, row: Instance) -> Path:
     """Where the object's bytes are; NotFound (and an error in the log) if the file has gone missing."""
     path = services.store.path(row.storage_key)

@@ -71,6 +71,12 @@ class Sandbox:
         resp.raise_for_status()
         return len(resp.json().get("entry") or [])
 
+    def find(self, resource_type: str, system: str, value: str) -> list[dict[str, Any]]:
+        """The resources of a type carrying identifier ``system|value``."""
+        resp = self.get(resource_type, identifier=f"{system}|{value}")
+        resp.raise_for_status()
+        return [e["resource"] for e in resp.json().get("entry") or []]
+
     def close(self) -> None:
         self.http.close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.fhir.search import MAX_COUNT, SERVED_TYPES, includes_of, params_of
+from service.fhir.search import CHAINS, MAX_COUNT, SERVED_TYPES, SearchParam, includes_of, params_of
 
 # Exactly what service/fhir/api.py answers for every served type.
 INTERACTIONS = ("read", "vread", "history-instance", "search-type")
@@ -27,7 +27,7 @@ def capability_statement(base_url: str, date: str, software_version: str) -> dic
             entry["searchInclude"] = includes
         entry["searchParam"] = [
             {k: v for k, v in (("name", p.name), ("definition", p.definition), ("type", p.type),
-                               ("documentation", p.documentation)) if v}
+                               ("documentation", _documentation(p))) if v}
             for p in params_of(rtype).values()
         ]  # fmt: skip
         resources.append(entry)
@@ -64,3 +64,10 @@ def capability_statement(base_url: str, date: str, software_version: str) -> dic
             }
         ],
     }
+
+
+def _documentation(param: SearchParam) -> str:
+    if param.type == "reference" and param.target:
+        chains = ", ".join(f"{param.name}.{c}" for c in CHAINS)
+        return f"{param.documentation} (chained: {chains}=[system]|[value] of the {param.target})"
+    return param.documentation

@@ -207,6 +207,7 @@ def medication_administration(record: ProcedureRecord, index: int, injectate: Ma
             "id": record.rid(f"medadmin-{index}"),
             "meta": record.meta(),
             "contained": contained,
+            "identifier": [record.ident("medication-administration", record.rid(f"medadmin-{index}"))],
             "status": "completed",
             **medication,
             "subject": record.ref("Patient", "patient"),

@@ -3,9 +3,9 @@
 Image role (pre/post/other) has no R4 element: each ``series.instance`` carries our extension
 ``{identifier_system}/fhir/StructureDefinition/image-role`` (a Coding of our ``image-role`` CodeSystem) and a
 readable ``title``. DICOM date-times carry no UTC offset; they are read in the procedure's offset (the modality
-and the clinic share a wall clock). The Endpoint is contained: it is where this service serves the images
-(``{base_url}/api/images/{sop_instance_uid}/dicom``), typed ``dicom-wado-rs`` per the brief although our routes are
-per-instance rather than a full WADO-RS tree. The report PDF is only referenced by URL; it is rendered elsewhere.
+and the clinic share a wall clock). The Endpoint is contained: its address is the WADO-RS base URL of this
+service (``{base_url}/dicomweb``, service/api/dicomweb.py), to which clients append ``/studies/{uid}/...``. The
+report PDF is only referenced by URL; it is rendered elsewhere.
 """
 
 from __future__ import annotations
@@ -123,11 +123,14 @@ def imaging_study(
                     "name": "usgi-docs image API",
                     "payloadType": [concept(text="DICOM")],
                     "payloadMimeType": ["application/dicom"],
-                    "address": f"{record.api}/api/images",
+                    # The WADO-RS base URL (PS3.18 §10.4): clients append /studies/{uid}/series/...
+                    "address": f"{record.api}/dicomweb",
                 }
             ],
             "identifier": [
                 {"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"},
+                # Ours, one per resource (a study UID may be the PACS's ImagingStudy too): the push's key.
+                record.ident("imaging-study", record.rid(role)),
                 {
                     "type": concept(coding("http://terminology.hl7.org/CodeSystem/v2-0203", "ACSN", "Accession ID")),
                     **record.ident("accession", accession),

@@ -23,8 +23,6 @@ from service.fhir.parties import coverage, organization, patient, practitioner, 
 from service.fhir.record import ProcedureRecord
 from service.fhir.terminology import code_systems
 
-BUNDLE_TYPES = frozenset({"collection", "transaction", "batch"})
-
 
 def model_class(resource_type: str) -> type[Resource]:
     """The R4B model class of a resource type (``Procedure`` -> fhir.resources.R4B.procedure.Procedure)."""
@@ -74,17 +72,14 @@ def map_procedure(record: ProcedureRecord) -> list[Resource]:
     return [to_model(data) for data in map_json(record)]
 
 
-def to_bundle(resources: Iterable[Resource], type: str = "collection", base_url: str | None = None) -> Bundle:
-    """The resources in a Bundle. ``fullUrl`` is ``{base_url}/fhir/{Type}/{id}`` (R4 wants it absolute);
-    a transaction or batch entry gets ``PUT Type/id`` (an update by our stable id)."""
-    if type not in BUNDLE_TYPES:
-        raise ValueError(f"bundle type {type!r} is not one of {', '.join(sorted(BUNDLE_TYPES))}")
+def to_bundle(resources: Iterable[Resource], base_url: str | None = None) -> Bundle:
+    """The resources in a collection Bundle, ``fullUrl`` = ``{base_url}/fhir/{Type}/{id}`` (R4 wants it absolute).
+
+    What goes to the EHR is another Bundle: :func:`service.fhir.transaction.ehr_transaction`.
+    """
     base = (base_url or "http://localhost").rstrip("/") + "/fhir"
     entries = []
     for resource in resources:
         data = to_json(resource)
-        entry: dict[str, Any] = {"fullUrl": f"{base}/{data['resourceType']}/{data['id']}", "resource": data}
-        if type != "collection":
-            entry["request"] = {"method": "PUT", "url": f"{data['resourceType']}/{data['id']}"}
-        entries.append(entry)
-    return Bundle.model_validate({"resourceType": "Bundle", "type": type, "entry": entries})
+        entries.append({"fullUrl": f"{base}/{data['resourceType']}/{data['id']}", "resource": data})
+    return Bundle.model_validate({"resourceType": "Bundle", "type": "collection", "entry": entries})

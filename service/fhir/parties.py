@@ -37,7 +37,11 @@ def patient(record: ProcedureRecord) -> dict[str, Any]:
             "resourceType": "Patient",
             "id": record.rid("patient"),
             "meta": meta,
-            "identifier": [{"use": "usual", "system": ident.get("system"), "value": ident.get("value")}],
+            "identifier": [
+                {"use": "usual", "system": ident.get("system"), "value": ident.get("value")}
+                if ident.get("value")
+                else record.ident("patient", record.rid("patient"))
+            ],
             "name": [{"use": "official", "family": name.get("family"), "given": list(name.get("given") or ())}],
             "gender": p.get("sex"),
             "birthDate": fhir_date(p.get("birth_date")),
@@ -45,13 +49,14 @@ def patient(record: ProcedureRecord) -> dict[str, Any]:
     )
 
 
-def _practitioner_identifiers(record: ProcedureRecord, who: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _practitioner_identifiers(record: ProcedureRecord, who: Mapping[str, Any], role: str) -> list[dict[str, Any]]:
     out = []
     if who.get("npi"):
         out.append({"system": NPI, "value": who["npi"]})
     if who.get("local_id"):
         out.append(record.ident("practitioner", who["local_id"]))
-    return out
+    # Nothing else identifies this person: one of ours, so the EHR can still match repeated deliveries.
+    return out or [record.ident("practitioner", record.rid(role))]
 
 
 def practitioner(record: ProcedureRecord, role: str) -> dict[str, Any] | None:
@@ -70,7 +75,7 @@ def practitioner(record: ProcedureRecord, role: str) -> dict[str, Any] | None:
             "resourceType": "Practitioner",
             "id": record.rid(role),
             "meta": record.meta(),
-            "identifier": _practitioner_identifiers(record, who),
+            "identifier": _practitioner_identifiers(record, who, role),
             "active": True,
             # One free-text name in the report: not split into family/given (that would be a guess).
             "name": [{"text": who["name"]}],
@@ -88,6 +93,8 @@ def organization(record: ProcedureRecord) -> dict[str, Any] | None:
         identifiers.append({"system": NPI, "value": org["npi"]})
     if (org.get("identifier") or {}).get("value"):
         identifiers.append({"system": org["identifier"].get("system"), "value": org["identifier"]["value"]})
+    if not identifiers:
+        identifiers.append(record.ident("organization", record.rid("organization")))
     return prune(
         {
             "resourceType": "Organization",
@@ -123,6 +130,8 @@ def coverage(record: ProcedureRecord) -> dict[str, Any] | None:
             "resourceType": "Coverage",
             "id": record.rid("coverage"),
             "meta": record.meta(),
+            # The coverage as this report recorded it (the EHR's own Coverage is not known here).
+            "identifier": [record.ident("coverage", record.rid("coverage"))],
             "status": "active",
             "type": kind_type,
             "subscriberId": cov.get("member_id"),
@@ -146,6 +155,7 @@ def related_person(record: ProcedureRecord) -> dict[str, Any] | None:
             "resourceType": "RelatedPerson",
             "id": record.rid("representative"),
             "meta": record.meta(),
+            "identifier": [record.ident("related-person", record.rid("representative"))],
             "active": True,
             "patient": record.ref("Patient", "patient"),
             "relationship": [concept(text=relationship)] if relationship else None,

@@ -1,20 +1,23 @@
 """Delivering the FHIR outbox to the EHR (DESIGN.md §1, §4): claim → commit → POST → record, with retries.
 
-Each outbox row holds a transaction Bundle of ``PUT Type/id`` updates, so delivering one twice changes nothing in
-the EHR: the worst a crash or a lost answer can cause is a resend, never a loss or a duplicate resource.
+Each outbox row holds the procedure's whole resource set as a transaction Bundle conditional on business
+identifiers (:mod:`service.fhir.transaction`), so delivering it twice creates nothing new in the EHR: the worst a
+crash or a lost answer can cause is a resend, never a loss or a duplicate resource. A Bundle larger than
+``USGI_PUSH_MAX_ENTRIES`` goes as several transactions (stages), referenced resources first; a failure at any
+stage makes the whole delivery be repeated, which the conditional entries make harmless.
 
 - **Claiming** selects due messages with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL; SQLite ignores it and is
-  serialised by the write lock) and *leases* them: ``next_attempt_at`` moves past the longest a delivery can take,
-  so concurrent workers skip them, and a message whose worker died becomes due again when the lease runs out.
-  ``attempts`` grows by one per claim and is the claim's fencing token: only the holder of the current claim may
-  record the outcome.
-- **No transaction is open during the HTTP request**; the outcome is recorded in a new one.
-- **Order**: a message is due only when every earlier version of its procedure has been delivered, so a failed
-  message holds back the later ones of its procedure (each Bundle carries only what changed, so skipping one
-  would lose its changes) until an administrator retries it.
-- **Outcomes**: a transaction-response Bundle with every entry 2xx → ``delivered``; no answer, 5xx or 429 →
-  pending again after an exponential backoff with full jitter (never sooner than a ``Retry-After``); any other
-  answer → ``failed`` with the OperationOutcome's diagnostics, until :func:`retry`.
+  serialised by the write lock) and *leases* them: ``next_attempt_at`` moves past the longest a delivery can take
+  (every stage), so concurrent workers skip them, and a message whose worker died becomes due again when the
+  lease runs out. ``attempts`` grows by one per claim and is the claim's fencing token: only the holder of the
+  current claim may record the outcome.
+- **No transaction is open during the HTTP requests**; the outcome is recorded in a new one.
+- **Order**: a message is due only when every earlier version of its procedure has been delivered, so an older
+  version never lands after a newer one; a failed message holds back the later ones of its procedure until an
+  administrator retries it.
+- **Outcomes**: every stage answered by a transaction-response Bundle with every entry 2xx → ``delivered``; no
+  answer, 5xx or 429 → pending again after an exponential backoff with full jitter (never sooner than a
+  ``Retry-After``); any other answer → ``failed`` with the OperationOutcome's diagnostics, until :func:`retry`.
 
 Logs name message ids, versions and HTTP statuses only: never Bundle contents or the EHR's diagnostics, which may
 echo patient data (those are kept in ``last_error``, in the database, for the admin API).
@@ -38,6 +41,7 @@ from sqlalchemy.orm import Session, aliased
 from service.bootstrap import Services
 from service.db import unit_of_work
 from service.errors import Conflict, NotFound
+from service.fhir.transaction import PushError, locations, plan, stage_bundle
 from service.models import OutboxMessage
 
 log = logging.getLogger(__name__)
@@ -82,9 +86,10 @@ def _due(now: datetime) -> Any:
     return and_(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= now, ~blocked)
 
 
-def claim_due(session: Session, now: datetime, limit: int, lease: timedelta) -> list[Claim]:
+def claim_due(session: Session, now: datetime, limit: int, lease: timedelta, max_entries: int = 0) -> list[Claim]:
     """Lease up to ``limit`` due messages, oldest first; the caller commits (and holds the write lock on SQLite).
 
+    ``lease`` is per request: a message delivered in several stages is leased for each of them.
     ``skip_locked``: a message another worker is claiming right now is skipped, not waited for (PostgreSQL;
     SQLite renders no FOR UPDATE and its write lock makes claims one at a time).
     """
@@ -96,22 +101,22 @@ def claim_due(session: Session, now: datetime, limit: int, lease: timedelta) -> 
         .with_for_update(skip_locked=True, of=OutboxMessage)
     ).all()
     claims = []
+    held = timedelta(0)  # they are sent one after the other: each lease covers the ones before it too
     for m in rows:
+        held += lease * max(1, len(plan(m.bundle, max_entries)))
         m.attempts += 1
-        m.next_attempt_at = now + lease
+        m.next_attempt_at = now + held
         claims.append(Claim(m.id, m.attempts, m.bundle))
     session.flush()
     return claims
 
 
 def claim_next(services: Services, limit: int = 1) -> list[Claim]:
-    """Claim due messages in a transaction of their own (committed before anything is sent).
-
-    They are sent one after the other, so the lease covers ``limit`` deliveries.
-    """
-    lease = lease_for(services.settings.push_timeout_seconds) * limit
+    """Claim due messages in a transaction of their own (committed before anything is sent)."""
+    settings = services.settings
+    lease = lease_for(settings.push_timeout_seconds)
     with services.write_lock, unit_of_work(services.session_factory) as s:
-        return claim_due(s, services.clock(), limit, lease)
+        return claim_due(s, services.clock(), limit, lease, settings.push_max_entries)
 
 
 # --- sending
@@ -164,26 +169,47 @@ def _diagnostics(resp: requests.Response) -> str:
     return f"HTTP {resp.status_code}: {resp.text[:500]}"
 
 
-def _check_response(resp: requests.Response, sent: int) -> str | None:
-    """None when ``resp`` is a transaction-response whose every entry succeeded, else what is wrong with it."""
+def _check_response(resp: requests.Response, sent: int) -> tuple[str | None, dict[str, Any]]:
+    """(None, the answer) when ``resp`` is a transaction-response whose every entry succeeded, else what is wrong."""
     try:
         body = resp.json()
     except ValueError:
-        return "the answer is not JSON"
+        return "the answer is not JSON", {}
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle" or body.get("type") != "transaction-response":
-        return "the answer is not a transaction-response Bundle"
+        return "the answer is not a transaction-response Bundle", {}
     entries = body.get("entry") or []
     if len(entries) != sent:
-        return f"the answer has {len(entries)} entries for {sent} sent"
+        return f"the answer has {len(entries)} entries for {sent} sent", {}
     bad = [str((e.get("response") or {}).get("status", "")) for e in entries]
     bad = [s for s in bad if not s.strip().startswith("2")]
     if bad:
-        return f"entries not applied: {', '.join(bad[:5])}"
-    return None
+        return f"entries not applied: {', '.join(bad[:5])}", {}
+    return None, body
 
 
 def _attempt(services: Services, http: requests.Session, bundle: dict[str, Any], attempt: int) -> Outcome:
-    """One POST of ``bundle`` and what its answer means."""
+    """POST ``bundle`` stage by stage, and what the answers mean."""
+    stages = plan(bundle, services.settings.push_max_entries)
+    resolved: dict[str, str] = {}
+    outcome = Outcome("delivered")
+    for number, stage in enumerate(stages, 1):
+        where = f"stage {number} of {len(stages)}: " if len(stages) > 1 else ""
+        sent = stage_bundle(bundle, stage, resolved)
+        outcome, answer = _post(services, http, sent, attempt)
+        if outcome.status != "delivered":
+            error = f"{where}{outcome.error}" if outcome.error else None
+            return Outcome(outcome.status, outcome.http_status, error, outcome.delay)
+        try:
+            resolved |= locations(sent, answer)
+        except PushError as exc:
+            return Outcome("failed", outcome.http_status, f"{where}{exc}")
+    return outcome
+
+
+def _post(
+    services: Services, http: requests.Session, bundle: dict[str, Any], attempt: int
+) -> tuple[Outcome, dict[str, Any]]:
+    """One POST of a transaction and what its answer means (with the answer, when it was a success)."""
     settings = services.settings
     timeout = settings.push_timeout_seconds
 
@@ -200,18 +226,18 @@ def _attempt(services: Services, http: requests.Session, bundle: dict[str, Any],
             allow_redirects=False,  # a redirected POST would become a GET
         )
     except requests.RequestException as exc:
-        # No answer: it may or may not have been applied; a resend is harmless (PUT by id).
-        return again(None, f"no answer: {type(exc).__name__}")
+        # No answer: it may or may not have been applied; a resend is harmless (conditional entries).
+        return again(None, f"no answer: {type(exc).__name__}"), {}
     with resp:
         if resp.status_code == 429 or resp.status_code >= 500:
             after = parse_retry_after(resp.headers.get("Retry-After"), services.clock())
-            return again(resp.status_code, _diagnostics(resp), after)
+            return again(resp.status_code, _diagnostics(resp), after), {}
         if 200 <= resp.status_code < 300:
-            problem = _check_response(resp, len(bundle.get("entry") or []))
+            problem, answer = _check_response(resp, len(bundle.get("entry") or []))
             if problem is None:
-                return Outcome("delivered", resp.status_code)
-            return Outcome("failed", resp.status_code, f"HTTP {resp.status_code}: {problem}")
-        return Outcome("failed", resp.status_code, _diagnostics(resp))
+                return Outcome("delivered", resp.status_code), answer
+            return Outcome("failed", resp.status_code, f"HTTP {resp.status_code}: {problem}"), {}
+        return Outcome("failed", resp.status_code, _diagnostics(resp)), {}
 
 
 def deliver(services: Services, claim: Claim, http: requests.Session | None = None) -> Outcome:

@@ -1,7 +1,9 @@
 """The read side of the FHIR API over ``fhir_resources``: read, vread, history and search (no Flask here).
 
-Search follows R4 search.html for the parameters declared in :data:`SEARCH_PARAMS`: token (``[system]|[code]``),
-reference (``Type/id``, a bare id, or our absolute URL) and date (prefixes eq/ne/gt/lt/ge/le/sa/eb, each value an
+Search follows R4 search.html for the parameters declared in :data:`SEARCH_PARAMS`: token (``[system]|[code]``,
+also on identifiers: ``identifier=[system]|[value]``), reference (``Type/id``, a bare id, or our absolute URL, or
+chained to the target's identifier: ``patient.identifier=[system]|[value]``, how an EHR asks for everything of one
+MRN, as each procedure has its own Patient here) and date (prefixes eq/ne/gt/lt/ge/le/sa/eb, each value an
 implicit range by its precision). Commas are OR, repeated parameters AND. Matching reads the JSON of the current
 versions: SQL pre-selects by type (and ``_id``), the criteria run in Python. That is fine for one clinic's
 volume (thousands of resources per type); past that the searched values would go to an index table.
@@ -132,6 +134,20 @@ SEARCH_PARAMS: dict[str, tuple[SearchParam, ...]] = {
     ),
 }  # fmt: skip
 
+# ``identifier`` on every type, with the R4 SearchParameter that defines it there.
+_IDENTIFIER_DEFINITIONS = {
+    rtype: _r4("clinical-identifier")
+    for rtype in ("Procedure", "ImagingStudy", "DocumentReference", "Consent", "MedicationAdministration")
+} | {rtype: _r4(f"{rtype}-identifier") for rtype in (
+    "Claim", "Patient", "RelatedPerson", "Practitioner", "Organization", "Coverage", "CodeSystem"
+)}  # fmt: skip
+for _rtype, _definition in _IDENTIFIER_DEFINITIONS.items():
+    SEARCH_PARAMS[_rtype] = (
+        SearchParam("identifier", "token", ("identifier",), "A business identifier", definition=_definition),
+        *SEARCH_PARAMS.get(_rtype, ()),
+    )
+CHAINS = ("identifier",)  # what a reference parameter may be chained to (``patient.identifier``)
+
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 
 
@@ -259,8 +275,8 @@ class TokenValue:
     def matches(self, node: Any, implicit_system: str | None) -> bool:
         if isinstance(node, Mapping) and "coding" in node:
             return any(self.matches(c, None) for c in node["coding"] or ())
-        if isinstance(node, Mapping):
-            system, code = node.get("system"), node.get("code")
+        if isinstance(node, Mapping):  # a Coding (code) or an Identifier (value)
+            system, code = node.get("system"), node.get("code") if "code" in node else node.get("value")
         elif isinstance(node, str):
             system, code = implicit_system, node
         else:
@@ -325,6 +341,7 @@ class Criterion:
     param: SearchParam
     values: tuple[DateValue | TokenValue | ReferenceValue, ...]  # OR
     local: tzinfo = UTC  # the zone of the resource's dates that carry none
+    chain: str | None = None  # ``patient.identifier``: ``values`` are tokens on the referenced resource
 
     def matches(self, body: Mapping[str, Any], base: str) -> bool:
         nodes = [n for path in self.param.paths for n in walk(body, path)]
@@ -392,9 +409,18 @@ def parse_search(
             includes.append(target)
             used.append((key, raw))
             continue
+        name, _, chain = name.partition(".")
         param = known.get(name)
         if param is None:
             unknown(key, f"unknown search parameter {key!r} for {resource_type}")
+            continue
+        if chain:
+            if param.type != "reference" or not param.target or chain not in CHAINS or modifier:
+                raise FhirError(400, f"{key}: chaining is supported as {name}.identifier only", "not-supported", key)
+            if raw:
+                tokens = tuple(parse_token(v) for v in _split_or(raw))
+                criteria.append(Criterion(param, tokens, local, chain))
+                used.append((key, raw))
             continue
         if modifier:
             # R4: a server SHALL reject a parameter with a modifier it does not support.
@@ -470,17 +496,34 @@ def history(s: Session, resource_type: str, resource_id: str) -> list[FhirResour
     return rows
 
 
+def _resolve_chain(s: Session, criterion: Criterion) -> Criterion:
+    """``patient.identifier=s|v`` → ``patient=Patient/a,Patient/b``: the current resources carrying it."""
+    target = criterion.param.target or ""
+    bodies = s.scalars(
+        select(FhirResource.body).where(FhirResource.resource_type == target, FhirResource.current.is_(True))
+    )
+    found = [
+        ReferenceValue(target, b["id"])
+        for b in bodies
+        if any(
+            isinstance(t, TokenValue) and t.matches(i, None) for t in criterion.values for i in walk(b, "identifier")
+        )
+    ]
+    return Criterion(criterion.param, tuple(found), criterion.local)
+
+
 def search(s: Session, query: SearchQuery, base: str) -> SearchResult:
+    criteria = [_resolve_chain(s, c) if c.chain else c for c in query.criteria]
     stmt = select(FhirResource.body).where(
         FhirResource.resource_type == query.resource_type, FhirResource.current.is_(True)
     )
-    for criterion in query.criteria:
+    for criterion in criteria:
         if criterion.param.name == "_id":  # the one criterion SQL can apply directly
             ids = [v.code for v in criterion.values if isinstance(v, TokenValue) and v.code]
             stmt = stmt.where(FhirResource.resource_id.in_(ids))
     # Sorted by id: a stable order, so _offset pages neither skip nor repeat while nothing changes.
     bodies = s.scalars(stmt.order_by(FhirResource.resource_id)).all()
-    matches = [b for b in bodies if all(c.matches(b, base) for c in query.criteria)]
+    matches = [b for b in bodies if all(c.matches(b, base) for c in criteria)]
     page = matches[query.offset : query.offset + query.count]
     return SearchResult(len(matches), page, _included(s, query, page, base))
 

@@ -2,13 +2,13 @@
 the delivery to the EHR, all in the transaction that finalised it (DESIGN.md §1: finalize → coding → FHIR + outbox).
 
 A resource whose content did not change keeps its version; one that did gets the next version, so ``_history``
-of a resource is the list of its real changes. The outbox row holds a transaction Bundle of the changed resources
-(an update by our stable ids, so a repeated delivery changes nothing).
+of a resource is the list of its real changes. When anything the EHR receives changed, the outbox row holds the
+procedure's whole resource set as one transaction Bundle, conditional on business identifiers
+(:mod:`service.fhir.transaction`), so each delivery stands alone and a repeated one changes nothing.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,8 +20,9 @@ from schemas.procedures import current_catalog
 from service.bootstrap import Services
 from service.coding.result import coding_input
 from service.coding.rules import code_procedure
-from service.fhir.mapping import map_json, to_bundle, to_model
+from service.fhir.mapping import map_json
 from service.fhir.record import ProcedureRecord
+from service.fhir.transaction import NOT_PUSHED, ehr_transaction
 from service.models import FhirResource, OutboxMessage, Procedure, ProcedureVersion
 from service.procedures.reads import linked_images, live_signatures, signature_view
 
@@ -49,15 +50,15 @@ def publish(s: Session, services: Services, proc: Procedure, loaded: Mapping[str
         signatures=[signature_view(g) for g in live_signatures(s, proc.id)],
         images=images,
     )
-    changed = _store(s, services, proc.id, map_json(record))
-    if changed and settings.ehr_fhir_base:
-        bundle = to_bundle([to_model(r) for r in changed], "transaction", settings.public_url)
+    resources = map_json(record)
+    changed = _store(s, services, proc.id, resources)
+    if settings.ehr_fhir_base and any(r["resourceType"] not in NOT_PUSHED for r in changed):
         now = services.clock()
         s.add(
             OutboxMessage(
                 procedure_id=proc.id,
                 version=proc.version,
-                bundle=json.loads(bundle.model_dump_json()),
+                bundle=ehr_transaction(resources, record.system_base),
                 status="pending",
                 attempts=0,
                 next_attempt_at=now,

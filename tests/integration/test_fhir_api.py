@@ -24,6 +24,7 @@ from tests.fhirvalidate import fhir_validator, validate_resources  # noqa: F401 
 from tests.procedureutil import EXAMPLE, full_report
 
 PUBLIC = "https://usgi.clinic.example"
+ID_SYSTEM = "https://clinic.example.org/usgi"
 CPT = "http://www.ama-assn.org/go/cpt"
 
 
@@ -35,7 +36,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         timezone="America/Chicago",
         ehr_fhir_base="",  # nothing queued: this is the read side
         public_url=PUBLIC,
-        identifier_system="https://clinic.example.org/usgi",
+        identifier_system=ID_SYSTEM,
     )
 
 
@@ -130,6 +131,7 @@ def test_metadata_is_a_truthful_capability_statement_and_needs_a_token(client, a
     assert {p["name"] for p in by_type["Procedure"]["searchParam"]} == {
         "_id",
         "_lastUpdated",
+        "identifier",
         "patient",
         "date",
         "code",
@@ -254,6 +256,20 @@ def test_search_by_every_parameter(client, auth, world, fhir_validator):  # noqa
     assert found("Patient?_id=nobody") == set()
     assert found("Coverage?_lastUpdated=gt2020-01-01") == {a, b, c}
     assert found("Coverage?_lastUpdated=lt2020-01-01") == set()
+
+    # identifier on every type, and the patient chained to its MRN (each procedure has its own Patient here).
+    assert found(f"Procedure?identifier={ID_SYSTEM}/procedure|{b}") == {b}
+    assert found(f"Procedure?identifier={b}") == {b}  # any system
+    assert found(f"Procedure?identifier=urn:other|{b}") == set()
+    assert found(f"Claim?identifier={ID_SYSTEM}/claim|{a},{ID_SYSTEM}/claim|{b}") == {a, b}
+    mrn_system = EXAMPLE["patient"]["identifier"]["system"]
+    assert found(f"Patient?identifier={mrn_system}|MRN-0050001") == {b}
+    assert found(f"Procedure?patient.identifier={mrn_system}|MRN-0050002") == {c}
+    assert found("Procedure?patient.identifier=MRN-0050001,MRN-0050002") == {b, c}
+    assert found(f"Claim?patient.identifier={mrn_system}|MRN-0050002") == set()  # C is educational
+    assert found("Procedure?patient.identifier=MRN-nobody") == set()
+    _get(client, world, "/fhir/Procedure?patient.name=x", ehr, 400)
+    _get(client, world, "/fhir/Procedure?code.identifier=x", ehr, 400)
     _check_all(world, fhir_validator)
 
 

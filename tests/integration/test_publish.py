@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from service.config import Settings
 from service.fhir.mapping import to_model
+from service.fhir.transaction import full_url
 from service.models import FhirResource, OutboxMessage, ProcedureVersion
 from tests.fhirvalidate import fhir_validator, validate_resources  # noqa: F401  (fixture)
 from tests.procedureutil import EXAMPLE, full_report
@@ -96,7 +97,7 @@ def test_without_recorded_images_the_joint_is_down_coded(client, auth, services)
     assert draft["coding"] is None  # a draft is not coded
 
 
-def test_an_amendment_versions_only_what_changed_and_queues_only_that(client, auth, services):
+def test_an_amendment_versions_only_what_changed_and_queues_the_whole_set(client, auth, services):
     final = _final(client, auth, full_report())
     pid = final.get_json()["id"]
     before = _current(services, pid)
@@ -120,9 +121,16 @@ def test_an_amendment_versions_only_what_changed_and_queues_only_that(client, au
         messages = s.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
         assert [(m.status, m.version) for m in messages] == [("pending", 2), ("pending", 3)]
         first, second = (m.bundle for m in messages)
-    assert first["type"] == "transaction" and len(first["entry"]) == len(before)
-    changed = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in second["entry"]}
-    assert changed == bumped and all(e["request"]["method"] == "PUT" for e in second["entry"])
+    # Each message stands alone: the whole set the EHR holds (not our CodeSystems), conditional on identifiers.
+    pushed = [k for k in before if not k.startswith("CodeSystem/")]
+    for bundle in (first, second):
+        assert bundle["type"] == "transaction" and len(bundle["entry"]) == len(pushed)
+        assert all("ifNoneExist" in e["request"] or "?identifier=" in e["request"]["url"] for e in bundle["entry"])
+    # What differs between the two is exactly what the amendment changed.
+    differ = [n for n, (a, b) in enumerate(zip(first["entry"], second["entry"], strict=True)) if a != b]
+    assert sorted(second["entry"][n]["fullUrl"] for n in differ) == sorted(full_url(*k.split("/")) for k in bumped)
+    [med] = [e for e in second["entry"] if e["fullUrl"] == full_url(*medadmin.split("/"))]
+    assert "KX2418" in repr(med["resource"])
 
 
 def test_an_educational_procedure_has_no_claim_and_nothing_is_queued_without_an_ehr(

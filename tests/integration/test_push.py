@@ -1,13 +1,17 @@
 """The outbox reaches the EHR: a real FHIR R4 server (the sandbox, Medplum's router) on loopback, with outages.
 
-Nothing is lost across 503s, 429s and dropped connections; a resend after a lost answer changes nothing; versions
-of a procedure arrive in order; a refused Bundle waits for an administrator; concurrent workers send each message
-once; `usgi worker` runs as its own process and stops cleanly on SIGTERM.
+The EHR assigns its own ids: every resource is found there by its business identifier, once, and references point
+at the EHR's ids; the EHR's own Patient is matched, never overwritten. Nothing is lost across 503s, 429s and
+dropped connections; a resend after a lost answer changes nothing; versions of a procedure arrive in order; a
+refused Bundle waits for an administrator; concurrent workers send each message once; `usgi worker` runs as its
+own process and stops cleanly on SIGTERM. Deliveries run at the default ``USGI_PUSH_MAX_ENTRIES`` (8, Medplum's
+cap, which the sandbox enforces), so a procedure's resources go as several transactions.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import signal
 import subprocess
@@ -25,10 +29,12 @@ from sqlalchemy import select
 
 from service.bootstrap import build_services
 from service.config import Settings
-from service.fhir import push
+from service.fhir import push, transaction
+from service.fhir.mapping import to_model
 from service.models import FhirResource, OutboxMessage
 from tests import fhirsandbox
 from tests.fhirsandbox import Sandbox
+from tests.fhirvalidate import fhir_validator, validate_resources  # noqa: F401  (fixture)
 from tests.procedureutil import EXAMPLE, full_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,35 +101,71 @@ def _wait(condition: Callable[[], Any], what: str, timeout: float = 30) -> Any:
 
 
 def _our_resources(services) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """Our current resources that go to the EHR, by our ``Type/id``."""
     with services.session_factory() as s:
         rows = s.scalars(select(FhirResource).where(FhirResource.current.is_(True)))
-        return {f"{r.resource_type}/{r.resource_id}": r.body for r in rows}
+        pushed = [r for r in rows if r.resource_type not in transaction.NOT_PUSHED]
+        return {f"{r.resource_type}/{r.resource_id}": r.body for r in pushed}
 
 
 def _content(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k != "meta"}
+    return {k: v for k, v in body.items() if k not in ("id", "meta")}
+
+
+def _in_ehr(sandbox: Sandbox, services, body: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The EHR's one resource with ``body``'s key identifier (fails when there are none or several)."""
+    system, value = transaction.match_key(body, services.settings.identifier_system)
+    found = sandbox.find(body["resourceType"], system, value)
+    assert len(found) == 1, (body["resourceType"], len(found))
+    return found[0]
+
+
+def _ehr_id(sandbox: Sandbox, services, key: str) -> str:  # type: ignore[no-untyped-def]
+    hit = _in_ehr(sandbox, services, _our_resources(services)[key])
+    return f"{hit['resourceType']}/{hit['id']}"
+
+
+def _stages(services, message: OutboxMessage) -> int:  # type: ignore[no-untyped-def]
+    return len(transaction.plan(message.bundle, services.settings.push_max_entries))
 
 
 def _assert_sandbox_holds_exactly(sandbox: Sandbox, services) -> None:  # type: ignore[no-untyped-def]
-    """The sandbox holds each of our current resources, as last sent, and no type has extra resources."""
-    sent: dict[str, dict[str, Any]] = {}
-    for m in _messages(services):  # in order: a later version's entry replaces an earlier one
-        assert m.status == "delivered", m.id
-        sent |= {f"{e['resource']['resourceType']}/{e['resource']['id']}": e["resource"] for e in m.bundle["entry"]}
-    # Our stored resources and what was sent are the same set (instants may be spelt differently: Z or +00:00).
-    assert set(sent) == set(_our_resources(services))
-    for key, body in sent.items():
-        got = sandbox.get(key)
-        assert got.status_code == 200, key
-        assert _content(got.json()) == _content(body), key
-    for rtype in {k.split("/")[0] for k in sent}:
-        assert sandbox.search_total(rtype) == sum(k.startswith(f"{rtype}/") for k in sent), rtype
+    """Each of our current resources is in the EHR once, found by its identifier, with our content and the EHR's
+    ids in its references; no type holds anything else (one Patient for one MRN, however many procedures)."""
+    assert all(m.status == "delivered" for m in _messages(services))
+    ours = _our_resources(services)
+    found = {key: _in_ehr(sandbox, services, body) for key, body in ours.items()}
+    ids = {key: f"{hit['resourceType']}/{hit['id']}" for key, hit in found.items()}
+    for key, body in ours.items():
+        assert _content(found[key]) == _content(transaction.rewrite_references(body, ids)), key
+        assert not [r for r in _references(found[key]) if r in ours], key  # no reference to our ids
+    for rtype in {k.split("/")[0] for k in ours}:
+        assert sandbox.search_total(rtype) == len({v for k, v in ids.items() if k.startswith(f"{rtype}/")}), rtype
 
 
-def test_a_final_report_is_delivered_once_and_the_ehr_holds_its_resources(client, auth, services, sandbox):
+def _references(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["reference"]] if isinstance(node.get("reference"), str) else []
+        return own + [r for v in node.values() for r in _references(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _references(v)]
+    return []
+
+
+def test_a_final_report_is_delivered_once_and_the_ehr_holds_its_resources(
+    client,
+    auth,
+    services,
+    sandbox,
+    fhir_validator,  # noqa: F811
+):
     pid, _ = _final(client, auth)
     [queued] = _messages(services)
     assert queued.status == "pending" and queued.attempts == 0
+    # What the EHR is sent is valid R4 for fhir.resources and for the independent validator.
+    to_model(queued.bundle)
+    verdict = validate_resources([queued.bundle], fhir_validator, ["outbox-bundle"])
+    assert verdict.ok, verdict.report()
 
     assert _drain(services) == ["delivered"]
     assert _drain(services) == []  # nothing left, nothing sent again
@@ -131,12 +173,66 @@ def test_a_final_report_is_delivered_once_and_the_ehr_holds_its_resources(client
     assert (m.status, m.attempts, m.last_status, m.last_error) == ("delivered", 1, 200, None)
     assert m.delivered_at is not None
 
-    [tx] = sandbox.transactions()
-    assert tx["status"] == 200 and tx["entries"] == len(queued.bundle["entry"])
-    procedure = sandbox.get(f"Procedure/{pid}-procedure")
-    assert procedure.status_code == 200 and procedure.json()["status"] == "completed"
-    [claim_key] = [k for k in _our_resources(services) if k.startswith("Claim/")]
-    assert sandbox.get(claim_key).json()["patient"]["reference"].startswith("Patient/")
+    # More than Medplum's 8 conditional entries: several transactions, referenced resources first.
+    stages = transaction.plan(queued.bundle, 8)
+    assert len(stages) > 1 and all(len(stage) <= 8 for stage in stages)
+    txs = sandbox.transactions()
+    assert [tx["status"] for tx in txs] == [200] * len(stages)
+    assert [tx["entries"] for tx in txs] == [len(stage) for stage in stages]
+    ours = _our_resources(services)
+    procedure = _in_ehr(sandbox, services, ours[f"Procedure/{pid}-procedure"])
+    assert procedure["status"] == "completed" and procedure["id"] != f"{pid}-procedure"  # the EHR's own id
+    claim = _in_ehr(sandbox, services, ours[f"Claim/{pid}-claim"])
+    assert claim["patient"]["reference"] == _ehr_id(sandbox, services, f"Patient/{pid}-patient")
+    assert claim["procedure"][0]["procedureReference"]["reference"] == f"Procedure/{procedure['id']}"
+    assert "CodeSystem" not in {e["resource"]["resourceType"] for e in queued.bundle["entry"]}
+    _assert_sandbox_holds_exactly(sandbox, services)
+
+
+def test_a_repeated_delivery_changes_nothing_and_the_ehrs_patient_is_kept(client, auth, services, sandbox):
+    # The EHR already knows the patient (same MRN), under its own id and with its own spelling of the name.
+    mrn = EXAMPLE["patient"]["identifier"]
+    theirs = {
+        "resourceType": "Patient",
+        "identifier": [{"system": mrn["system"], "value": mrn["value"]}],
+        "name": [{"family": "EHR-SPELLING", "given": ["Kept"]}],
+        "gender": "female",
+    }
+    created = sandbox.http.post(
+        f"{sandbox.base}/Patient", json=theirs, headers={"Content-Type": "application/fhir+json"}
+    )
+    assert created.status_code == 201
+    patient_id = created.json()["id"]
+
+    pid, _ = _final(client, auth)
+    assert _drain(services) == ["delivered"]
+    ours = _our_resources(services)
+    snapshot = {key: _in_ehr(sandbox, services, body) for key, body in ours.items()}
+    [patient] = sandbox.find("Patient", mrn["system"], mrn["value"])
+    assert patient["id"] == patient_id and patient["name"][0]["family"] == "EHR-SPELLING"  # matched, not touched
+    assert snapshot[f"Procedure/{pid}-procedure"]["subject"]["reference"] == f"Patient/{patient_id}"
+
+    # The same Bundle again (an administrator's resend, a lost answer): the same resources, the same content.
+    [m] = _messages(services)
+    assert push._attempt(services, requests.Session(), m.bundle, 2).status == "delivered"  # noqa: SLF001
+    for key, before in snapshot.items():
+        after = _in_ehr(sandbox, services, ours[key])
+        assert after["id"] == before["id"] and _content(after) == _content(before), key
+    assert sandbox.search_total("Patient") == 1
+    assert sandbox.get(f"Patient/{patient_id}").json()["meta"]["versionId"] == created.json()["meta"]["versionId"]
+
+
+def test_small_transactions_still_resolve_every_reference(client, auth, services, sandbox):
+    services.settings = dataclasses.replace(services.settings, push_max_entries=2)
+    _final(client, auth)
+    [m] = _messages(services)
+    stages = transaction.plan(m.bundle, 2)
+    assert _drain(services) == ["delivered"]
+    assert [tx["entries"] for tx in sandbox.transactions()] == [len(stage) for stage in stages]
+    assert len(stages) >= 5 and max(len(stage) for stage in stages) == 2
+    # The procedure and its report reference each other: one stage (the EHR resolves that cycle itself).
+    kinds = [[m.bundle["entry"][n]["resource"]["resourceType"] for n in stage] for stage in stages]
+    assert sorted(next(k for k in kinds if "Procedure" in k)) == ["DocumentReference", "Procedure"]
     _assert_sandbox_holds_exactly(sandbox, services)
 
 
@@ -167,11 +263,15 @@ def test_an_outage_loses_nothing_and_duplicates_nothing(client, auth, services, 
     messages = _messages(services)
     assert len(messages) == 3 and all(m.attempts > 1 for m in messages)
     applied = sandbox.applied()
-    # Each message applied once, plus the one resend after the lost answer (idempotent: PUT by id).
-    assert len(applied) == 3 + 1
-    assert sum(r["status"] == 200 for r in applied) == 3
+    # Each message applied once (in its stages), plus the stages resent after the lost answer: conditional
+    # entries, so the resend created nothing (the last check).
+    stages = _stages(services, messages[0])
+    assert 3 * stages < len(applied) <= 4 * stages
+    assert [r for r in applied if r["status"] is None][0]["applied"] == 200  # the lost answer
+    ours = _our_resources(services)
     for pid in pids:
-        assert sandbox.get(f"Procedure/{pid}-procedure").status_code == 200
+        assert _in_ehr(sandbox, services, ours[f"Procedure/{pid}-procedure"])["status"] == "completed"
+    assert sandbox.search_total("Patient") == 1  # one MRN, three procedures
     _assert_sandbox_holds_exactly(sandbox, services)
 
 
@@ -194,9 +294,9 @@ def test_retry_after_is_honoured(client, auth, services, sandbox):
 def test_an_amendment_arrives_after_the_original_as_new_versions(client, auth, services, sandbox):
     pid, etag = _final(client, auth)
     assert _drain(services) == ["delivered"]
-    medadmin = f"MedicationAdministration/{pid}-medadmin-1"
-    assert sandbox.get(medadmin).json()["meta"]["versionId"] != ""
+    medadmin = _ehr_id(sandbox, services, f"MedicationAdministration/{pid}-medadmin-1")
     first_version = sandbox.get(medadmin).json()["meta"]["versionId"]
+    assert first_version
 
     # Amended twice while the EHR is down: v3 must not overtake v2, nor v4 v3.
     sandbox.outage("503", retry_after=0)
@@ -212,7 +312,8 @@ def test_an_amendment_arrives_after_the_original_as_new_versions(client, auth, s
     assert versions == [(2, "delivered"), (3, "delivered"), (4, "delivered")]
     delivered = [m.delivered_at for m in _messages(services)]
     assert delivered == sorted(delivered)
-    assert [r["status"] for r in sandbox.transactions()] == [200, 503, 200, 200]
+    stages = _stages(services, _messages(services)[0])
+    assert [r["status"] for r in sandbox.transactions()] == [200] * stages + [503] + [200] * 2 * stages
     now = sandbox.get(medadmin).json()
     assert "KX2419" in repr(now) and now["meta"]["versionId"] != first_version
     history = sandbox.get(f"{medadmin}/_history").json()
@@ -241,9 +342,9 @@ def test_a_refused_bundle_fails_with_the_outcome_and_an_admin_can_retry_it(
     assert _drain(services) == ["failed"]
     first, second = _messages(services)
     assert (first.status, first.last_status, first.attempts) == ("failed", 400, 1)
-    assert "surgeonMood" in (first.last_error or "") and first.last_error.startswith("HTTP 400: error")
-    assert second.status == "pending" and second.attempts == 0  # held back: it carries only what v3 changed
-    assert sandbox.search_total("Procedure") == 0  # the transaction was refused as a whole
+    assert "surgeonMood" in (first.last_error or "") and "HTTP 400: error" in first.last_error
+    assert second.status == "pending" and second.attempts == 0  # held back: v3 must not land before v2
+    assert sandbox.search_total("Procedure") == 0  # the procedure's transaction was refused as a whole
     assert _drain(services) == []  # no automatic retry
 
     listed = client.get("/api/outbox?status=failed", headers=auth["admin"])
@@ -273,7 +374,8 @@ def test_a_dead_workers_claim_runs_out_and_its_late_answer_is_ignored(client, au
     _final(client, auth)
     [dead] = push.claim_next(services)  # claimed, then the worker vanished before sending
     assert push.push_due(services) == []  # leased: hidden from the other workers
-    lease = push.lease_for(services.settings.push_timeout_seconds)
+    [m] = _messages(services)
+    lease = push.lease_for(services.settings.push_timeout_seconds) * _stages(services, m)  # one per stage
     later = services.clock() + lease + timedelta(seconds=1)
     services.clock = lambda: later
     assert _drain(services) == ["delivered"]
@@ -281,7 +383,7 @@ def test_a_dead_workers_claim_runs_out_and_its_late_answer_is_ignored(client, au
     assert push.deliver(services, dead).status == "stale"
     [m] = _messages(services)
     assert (m.status, m.attempts) == ("delivered", 2)
-    assert len(sandbox.applied()) == 2  # the late resend was harmless
+    assert len(sandbox.applied()) == 2 * _stages(services, m)  # the late resend was harmless
     _assert_sandbox_holds_exactly(sandbox, services)
 
 
@@ -303,7 +405,7 @@ def test_two_workers_send_each_message_once(client, auth, settings, services, sa
             svc.close()
     messages = _messages(services)
     assert len(messages) == 6 and all(m.attempts == 1 for m in messages)
-    assert len(sandbox.transactions()) == 6
+    assert len(sandbox.transactions()) == 6 * _stages(services, messages[0])
     _assert_sandbox_holds_exactly(sandbox, services)
 
 
@@ -314,6 +416,7 @@ def test_usgi_worker_delivers_the_queue_and_stops_on_sigterm(client, auth, setti
         "USGI_DATA_DIR": str(tmp_path),
         "USGI_DATABASE_URL": settings.database_url,
         "USGI_EHR_FHIR_BASE": sandbox.base,
+        "USGI_IDENTIFIER_SYSTEM": settings.identifier_system,
         "USGI_PUSH_BACKOFF_SECONDS": "0.05",
         "USGI_PUSH_BACKOFF_MAX_SECONDS": "0.4",
         "USGI_LOG_LEVEL": "DEBUG",
@@ -342,7 +445,7 @@ def test_usgi_worker_delivers_the_queue_and_stops_on_sigterm(client, auth, setti
     patient = EXAMPLE["patient"]
     for secret in (patient["identifier"]["value"], patient["name"]["family"], patient["birth_date"]):
         assert secret not in output
-    assert len(sandbox.applied()) == 2
+    assert len(sandbox.applied()) == 2 * _stages(services, _messages(services)[0])
     _assert_sandbox_holds_exactly(sandbox, services)
 
 
@@ -360,6 +463,7 @@ def test_usgi_serve_pushes_in_the_background_when_an_ehr_is_set(settings, servic
         "USGI_DATA_DIR": str(tmp_path),
         "USGI_DATABASE_URL": settings.database_url,
         "USGI_EHR_FHIR_BASE": sandbox.base,
+        "USGI_IDENTIFIER_SYSTEM": settings.identifier_system,
         "USGI_HTTP_PORT": "0",
         "USGI_DICOM_HOST": "127.0.0.1",
         "USGI_DICOM_PORT": "0",
@@ -395,5 +499,6 @@ def test_usgi_serve_pushes_in_the_background_when_an_ehr_is_set(settings, servic
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
-    assert sandbox.get(f"Procedure/{pid}-procedure").status_code == 200
-    assert len(sandbox.applied()) == 1
+    [m] = _messages(services)
+    assert len(sandbox.applied()) == _stages(services, m)
+    assert _in_ehr(sandbox, services, _our_resources(services)[f"Procedure/{pid}-procedure"])["status"] == "completed"

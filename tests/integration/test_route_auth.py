@@ -25,6 +25,13 @@ EXPECTED_ROUTES: dict[tuple[str, str], frozenset[Role] | None] = {
     ("/api/images/<string:sop_instance_uid>/dicom", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR}),
     ("/api/images/<string:sop_instance_uid>/preview.png", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR}),
     ("/api/performed-procedure-steps", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR}),
+    ("/dicomweb/studies/<string:study_uid>", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR, Role.EHR}),
+    ("/dicomweb/studies/<string:study_uid>/series/<string:series_uid>", "GET"): frozenset(
+        {Role.CLINICIAN, Role.AUDITOR, Role.EHR}
+    ),
+    ("/dicomweb/studies/<string:study_uid>/series/<string:series_uid>/instances/<string:sop_uid>", "GET"): frozenset(
+        {Role.CLINICIAN, Role.AUDITOR, Role.EHR}
+    ),
     ("/api/procedures", "POST"): frozenset({Role.CLINICIAN, Role.EHR}),
     ("/api/procedures", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR, Role.EHR}),
     ("/api/procedures/<string:procedure_id>", "GET"): frozenset({Role.CLINICIAN, Role.AUDITOR, Role.EHR}),
@@ -51,6 +58,9 @@ OPEN_TO_ALL_ROLES = {"/readyz", "/openapi.json", "/fhir/metadata"}
 # A plausible value for every URL variable the app uses (a new variable name must be added here).
 URL_VALUES = {
     "sop_instance_uid": "1.2.826.0.1.3680043.8.498.12345",
+    "study_uid": "1.2.826.0.1.3680043.8.498.1",
+    "series_uid": "1.2.826.0.1.3680043.8.498.12",
+    "sop_uid": "1.2.826.0.1.3680043.8.498.12345",
     "resource_type": "Procedure",
     "resource_id": "0123456789abcdef-procedure",
     "version_id": "1",
@@ -200,5 +210,5 @@ def test_a_role_not_admitted_is_403_and_an_admitted_one_passes(app, client, auth
     assert fhir_forbidden_checked == 4 * 2
     # Image reader routes: 5 x (ehr, admin); admin routes (peers 3, outbox 2): 5 x (clinician, auditor, ehr);
     # procedure routes: 5 reads (3 + report.pdf, consent.pdf) x admin, 1 image list x (ehr, admin), 3 writes x
-    # (auditor, admin), 5 clinician-only x 3 others.
-    assert forbidden_checked == 5 * 2 + 5 * 3 + 5 * 1 + 1 * 2 + 3 * 2 + 5 * 3
+    # (auditor, admin), 5 clinician-only x 3 others; WADO-RS routes (study, series, instance): 3 x admin.
+    assert forbidden_checked == 5 * 2 + 5 * 3 + 5 * 1 + 1 * 2 + 3 * 2 + 5 * 3 + 3 * 1

@@ -55,6 +55,7 @@ def test_every_variable_is_parsed():
         "USGI_DICOM_NETWORK_TIMEOUT": "15",
         "USGI_SHUTDOWN_GRACE_SECONDS": "5",
         "USGI_EHR_FHIR_BASE": "https://ehr.example/fhir/",
+        "USGI_IDENTIFIER_SYSTEM": "https://clinic.example/id",
         "USGI_PAYER_RULES": "uk-nhs",
         "USGI_LOG_LEVEL": "debug",
     }
@@ -144,6 +145,7 @@ def test_describe_masks_the_password_of_a_postgres_url():
         "dicom_network_timeout", "ehr_fhir_base", "payer_rules", "log_level", "shutdown_grace_seconds",
         "public_url", "identifier_system", "link_window_hours", "timezone", "role_keywords",
         "push_timeout_seconds", "push_backoff_seconds", "push_backoff_max_seconds",
+        "push_max_entries",
     }  # fmt: skip
 
 
@@ -194,3 +196,11 @@ def test_public_url_and_identifier_system_default_from_the_http_address():
         Settings.from_env({"USGI_PUBLIC_URL": "usgi.clinic.example"})
     with pytest.raises(ConfigError, match="USGI_IDENTIFIER_SYSTEM"):
         Settings.from_env({"USGI_IDENTIFIER_SYSTEM": "clinic"})
+
+
+def test_pushing_to_an_ehr_needs_an_identifier_system_of_our_own():
+    # The EHR matches our resources by identifiers in that system: it must not follow the listening address.
+    with pytest.raises(ConfigError, match="USGI_EHR_FHIR_BASE needs USGI_IDENTIFIER_SYSTEM"):
+        Settings.from_env({"USGI_EHR_FHIR_BASE": "https://ehr.example/fhir"})
+    s = Settings.from_env({"USGI_EHR_FHIR_BASE": "https://ehr.example/fhir", "USGI_IDENTIFIER_SYSTEM": "urn:oid:1.2.3"})
+    assert s.ehr_fhir_base == "https://ehr.example/fhir" and s.push_max_entries == 8
