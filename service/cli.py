@@ -36,16 +36,23 @@ def _logging(settings: Settings) -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
-def _services(settings: Settings, temp_name: str | None = None):  # type: ignore[no-untyped-def]
+def _services(settings: Settings, temp_name: str | None = None, migrated: bool = True):  # type: ignore[no-untyped-def]
     from service.bootstrap import build_services
+    from service.migrate import is_current
 
-    return build_services(settings, temp_name)
+    services = build_services(settings, temp_name)
+    if migrated and not is_current(services.engine):
+        services.close()
+        raise click.UsageError(
+            f"the database at {settings.describe()['database_url']} is not migrated: run `usgi migrate`"
+        )
+    return services
 
 
 @contextlib.contextmanager
-def _one_shot() -> Iterator[Any]:
+def _one_shot(migrated: bool = True) -> Iterator[Any]:
     """Services for one command, with its database connections handed back when it ends."""
-    services = _services(_settings())
+    services = _services(_settings(), migrated=migrated)
     try:
         yield services
     finally:
@@ -63,7 +70,7 @@ def migrate() -> None:
     settings = _settings()
     from service.migrate import upgrade
 
-    with _one_shot() as services:
+    with _one_shot(migrated=False) as services:
         upgrade(services.engine)
     click.echo(f"database at {settings.describe()['database_url']} is up to date")
 

@@ -144,6 +144,17 @@ def test_peer_add_list_duplicate_remove(migrated):
     assert again.exit_code == 1 and "no peer NEWAE" in again.output
 
 
+def test_a_database_not_migrated_is_a_usage_error_not_a_traceback(usgi):
+    for args in (("token", "list"), ("peer", "list"), ("serve",), ("worker",)):
+        result = usgi(
+            *args, extra_env={"USGI_EHR_FHIR_BASE": "http://127.0.0.1:9/fhir", "USGI_IDENTIFIER_SYSTEM": "urn:oid:1.2"}
+        )
+        assert result.exit_code == 2, (args, result.output)
+        assert "is not migrated: run `usgi migrate`" in result.output and "Traceback" not in result.output
+    assert usgi("migrate").exit_code == 0
+    assert usgi("token", "list").exit_code == 0
+
+
 def test_a_bad_setting_is_a_usage_error_naming_the_variable(usgi):
     for variable, value in (("USGI_HTTP_PORT", "abc"), ("USGI_HTTP_PORT", "70000"), ("USGI_PAYER_RULES", "de-gkv")):
         for args in (("migrate",), ("token", "list"), ("peer", "list")):

@@ -222,17 +222,29 @@ def test_a_repeated_delivery_changes_nothing_and_the_ehrs_patient_is_kept(client
     assert sandbox.get(f"Patient/{patient_id}").json()["meta"]["versionId"] == created.json()["meta"]["versionId"]
 
 
-def test_small_transactions_still_resolve_every_reference(client, auth, services, sandbox):
+def test_small_transactions_still_resolve_every_reference(client, auth, services, sandbox, modality):
     services.settings = dataclasses.replace(services.settings, push_max_entries=2)
-    _final(client, auth)
+    study = {"AccessionNumber": EXAMPLE["accession_number"], "StudyInstanceUID": "1.2.826.0.1.3680043.8.498.4343"}
+    modality.send(
+        modality.image("ge_jpeg2k", SeriesDescription="PRE", **study),
+        modality.image("sonosite_cine", SeriesDescription="POST", **study),
+    )
+    pid, _ = _final(client, auth)
     [m] = _messages(services)
     stages = transaction.plan(m.bundle, 2)
     assert _drain(services) == ["delivered"]
     assert [tx["entries"] for tx in sandbox.transactions()] == [len(stage) for stage in stages]
-    assert len(stages) >= 5 and max(len(stage) for stage in stages) == 2
-    # The procedure and its report reference each other: one stage (the EHR resolves that cycle itself).
+    assert len(stages) >= 5
+    # The procedure, its report and the imaging study reference each other: one stage, larger than the cap (the
+    # EHR resolves that cycle itself); every other stage keeps to the cap.
     kinds = [[m.bundle["entry"][n]["resource"]["resourceType"] for n in stage] for stage in stages]
-    assert sorted(next(k for k in kinds if "Procedure" in k)) == ["DocumentReference", "Procedure"]
+    cycle = next(k for k in kinds if "Procedure" in k)
+    assert sorted(cycle) == ["DocumentReference", "ImagingStudy", "Procedure"]
+    assert all(len(k) <= 2 for k in kinds if k is not cycle)
+    ours = _our_resources(services)
+    study_in_ehr = _in_ehr(sandbox, services, ours[f"ImagingStudy/{pid}-imagingstudy"])
+    assert study_in_ehr["procedureReference"]["reference"] == _ehr_id(sandbox, services, f"Procedure/{pid}-procedure")
+    assert study_in_ehr["numberOfInstances"] == 2
     _assert_sandbox_holds_exactly(sandbox, services)
 
 
