@@ -7,10 +7,11 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -104,6 +105,22 @@ class NoLock:
 
     def __exit__(self, *_: object) -> None:
         return None
+
+
+@overload
+def stored_utc(when: datetime) -> datetime: ...
+@overload
+def stored_utc(when: None) -> None: ...
+def stored_utc(when: datetime | None) -> datetime | None:
+    """A time read back from the database, UTC-aware: SQLite hands back naive UTC, PostgreSQL aware times."""
+    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
+
+
+def page_of(s: Session, q: Select[Any], page: int, per_page: int, *order_by: Any) -> tuple[list[Any], int]:
+    """Page ``page`` (from 1) of ``q`` in ``order_by`` order, and the number of rows of all pages."""
+    total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+    rows = list(s.scalars(q.order_by(*order_by).offset((page - 1) * per_page).limit(per_page)))
+    return rows, total
 
 
 def write_lock_for(engine: Engine) -> SqliteWriteLock | NoLock:

@@ -8,10 +8,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from service.bootstrap import Services
-from service.db import unit_of_work
+from service.db import page_of, unit_of_work
 from service.errors import NotFound
 from service.models import Instance
 
@@ -35,10 +35,14 @@ def _naive(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=None) if value is not None and value.tzinfo else value
 
 
+def latest_ids(*where: Any) -> Select[tuple[int]]:
+    """The row id of the latest version of each SOP Instance among the rows matching ``where``."""
+    return select(func.max(Instance.id)).where(*where).group_by(Instance.sop_instance_uid)
+
+
 def search_images(services: Services, f: ImageFilter, page: int, per_page: int) -> tuple[list[dict[str, Any]], int]:
     """The latest version of each SOP Instance matching ``f``, newest first, and the total count."""
-    latest = select(func.max(Instance.id)).group_by(Instance.sop_instance_uid)
-    q = select(Instance).where(Instance.id.in_(latest))
+    q = select(Instance).where(Instance.id.in_(latest_ids()))
     when = func.coalesce(Instance.acquisition_datetime, Instance.content_datetime, Instance.study_datetime)
     if f.patient_id:
         q = q.where(Instance.patient_id == f.patient_id)
@@ -57,8 +61,7 @@ def search_images(services: Services, f: ImageFilter, page: int, per_page: int) 
     if f.conflict is not None:
         q = q.where(Instance.conflict.is_(f.conflict))
     with unit_of_work(services.session_factory) as s:
-        total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
-        rows = s.scalars(q.order_by(Instance.id.desc()).offset((page - 1) * per_page).limit(per_page)).all()
+        rows, total = page_of(s, q, page, per_page, Instance.id.desc())
         return [image_view(r) for r in rows], total
 
 
@@ -85,10 +88,8 @@ def get_image(services: Services, sop_instance_uid: str, version: int | None = N
 def latest_in_study(services: Services, study_uid: str, series_uid: str | None = None) -> list[Instance]:
     """The current version of each instance of a study (or of one of its series), in the order received."""
     members = select(Instance.sop_instance_uid).where(Instance.study_instance_uid == study_uid)
-    latest = select(func.max(Instance.id)).where(Instance.sop_instance_uid.in_(members))
-    q = select(Instance).where(
-        Instance.id.in_(latest.group_by(Instance.sop_instance_uid)), Instance.study_instance_uid == study_uid
-    )
+    latest = latest_ids(Instance.sop_instance_uid.in_(members))
+    q = select(Instance).where(Instance.id.in_(latest), Instance.study_instance_uid == study_uid)
     if series_uid is not None:
         q = q.where(Instance.series_instance_uid == series_uid)
     with services.session_factory() as s:

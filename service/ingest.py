@@ -25,7 +25,7 @@ from sqlalchemy import Boolean, Connection, Integer, bindparam, select, text, up
 from sqlalchemy.exc import IntegrityError
 
 from service.bootstrap import Services
-from service.db import unit_of_work
+from service.db import stored_utc, unit_of_work
 from service.dicom_header import Unsupported, read_header, walk_complete
 from service.dicom_index import IndexFields, NotIndexable, extract_index_fields
 from service.models import IngestCheckpoint, Instance
@@ -403,9 +403,7 @@ def recover_index(services: Services) -> int:
         since = s.scalar(select(IngestCheckpoint.durable_before).where(IngestCheckpoint.id == 1))
     if since is None:
         return 0
-    if since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
-    since -= RECOVERY_MARGIN
+    since = stored_utc(since) - RECOVERY_MARGIN
     recovered = 0
     table = Instance.__table__
     day = since.date()

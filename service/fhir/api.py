@@ -23,7 +23,7 @@ from service import audit_trail
 from service.api.security import current_principal, roles
 from service.auth import Role
 from service.bootstrap import Services
-from service.db import unit_of_work
+from service.db import stored_utc, unit_of_work
 from service.fhir import search
 from service.fhir.capability import capability_statement
 from service.fhir.outcomes import FhirError, issue_code, operation_outcome
@@ -87,7 +87,7 @@ def _audit(action: str, entity_id: str, detail: dict[str, Any]) -> None:
 
 
 def _instant(when: datetime) -> datetime:
-    return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).astimezone(UTC)
+    return stored_utc(when).astimezone(UTC)
 
 
 def _version_headers(row: FhirResource) -> dict[str, str]:

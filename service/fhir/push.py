@@ -39,7 +39,7 @@ from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import Session, aliased
 
 from service.bootstrap import Services
-from service.db import unit_of_work
+from service.db import stored_utc, unit_of_work
 from service.errors import Conflict, NotFound
 from service.fhir.transaction import PushError, locations, plan, stage_bundle
 from service.models import OutboxMessage
@@ -302,11 +302,6 @@ def retry(services: Services, message_id: int) -> dict[str, Any]:
         return _summary(m)
 
 
-def _aware(when: datetime | None) -> datetime | None:
-    # SQLite hands back naive UTC.
-    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
-
-
 def _summary(m: OutboxMessage) -> dict[str, Any]:
     return {
         "id": m.id,
@@ -314,9 +309,9 @@ def _summary(m: OutboxMessage) -> dict[str, Any]:
         "version": m.version,
         "status": m.status,
         "attempts": m.attempts,
-        "next_attempt_at": _aware(m.next_attempt_at),
-        "created_at": _aware(m.created_at),
-        "delivered_at": _aware(m.delivered_at),
+        "next_attempt_at": stored_utc(m.next_attempt_at),
+        "created_at": stored_utc(m.created_at),
+        "delivered_at": stored_utc(m.delivered_at),
         "last_status": m.last_status,
         "last_error": m.last_error,
     }

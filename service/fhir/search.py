@@ -496,34 +496,29 @@ def history(s: Session, resource_type: str, resource_id: str) -> list[FhirResour
     return rows
 
 
-def _resolve_chain(s: Session, criterion: Criterion) -> Criterion:
-    """``patient.identifier=s|v`` → ``patient=Patient/a,Patient/b``: the current resources carrying it."""
-    target = criterion.param.target or ""
-    bodies = s.scalars(
-        select(FhirResource.body).where(FhirResource.resource_type == target, FhirResource.current.is_(True))
-    )
-    found = [
-        ReferenceValue(target, b["id"])
-        for b in bodies
-        if any(
-            isinstance(t, TokenValue) and t.matches(i, None) for t in criterion.values for i in walk(b, "identifier")
-        )
-    ]
-    return Criterion(criterion.param, tuple(found), criterion.local)
-
-
-def search(s: Session, query: SearchQuery, base: str) -> SearchResult:
-    criteria = [_resolve_chain(s, c) if c.chain else c for c in query.criteria]
-    stmt = select(FhirResource.body).where(
-        FhirResource.resource_type == query.resource_type, FhirResource.current.is_(True)
-    )
+def _matching(s: Session, resource_type: str, criteria: Sequence[Criterion], base: str) -> list[dict[str, Any]]:
+    """The current resources of a type meeting every criterion, sorted by id (a stable order for paging)."""
+    criteria = [_resolve_chain(s, c, base) if c.chain else c for c in criteria]
+    stmt = select(FhirResource.body).where(FhirResource.resource_type == resource_type, FhirResource.current.is_(True))
     for criterion in criteria:
         if criterion.param.name == "_id":  # the one criterion SQL can apply directly
             ids = [v.code for v in criterion.values if isinstance(v, TokenValue) and v.code]
             stmt = stmt.where(FhirResource.resource_id.in_(ids))
-    # Sorted by id: a stable order, so _offset pages neither skip nor repeat while nothing changes.
     bodies = s.scalars(stmt.order_by(FhirResource.resource_id)).all()
-    matches = [b for b in bodies if all(c.matches(b, base) for c in criteria)]
+    return [b for b in bodies if all(c.matches(b, base) for c in criteria)]
+
+
+def _resolve_chain(s: Session, criterion: Criterion, base: str) -> Criterion:
+    """``patient.identifier=s|v`` → ``patient=Patient/a,Patient/b``: the targets a search on the chained
+    parameter finds."""
+    target = criterion.param.target or ""
+    chained = Criterion(params_of(target)[criterion.chain or ""], criterion.values, criterion.local)
+    found = _matching(s, target, [chained], base)
+    return Criterion(criterion.param, tuple(ReferenceValue(target, b["id"]) for b in found), criterion.local)
+
+
+def search(s: Session, query: SearchQuery, base: str) -> SearchResult:
+    matches = _matching(s, query.resource_type, query.criteria, base)
     page = matches[query.offset : query.offset + query.count]
     return SearchResult(len(matches), page, _included(s, query, page, base))
 

@@ -106,16 +106,17 @@ def ehr_transaction(resources: Iterable[Mapping[str, Any]], identifier_system: s
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def _references(node: Any) -> Iterable[str]:
+def references(node: Any) -> Iterable[str]:
+    """Every ``reference`` string inside ``node``, depth first."""
     if isinstance(node, dict):
         ref = node.get("reference")
         if isinstance(ref, str):
             yield ref
         for v in node.values():
-            yield from _references(v)
+            yield from references(v)
     elif isinstance(node, list):
         for v in node:
-            yield from _references(v)
+            yield from references(v)
 
 
 def _components(edges: Sequence[set[int]]) -> list[list[int]]:
@@ -161,7 +162,7 @@ def plan(bundle: Mapping[str, Any], max_entries: int) -> list[list[int]]:
     if max_entries <= 0 or len(entries) <= max_entries:
         return [list(range(len(entries)))] if entries else []
     position = {e["fullUrl"]: n for n, e in enumerate(entries)}
-    edges = [{position[r] for r in _references(e["resource"]) if r in position} - {n} for n, e in enumerate(entries)]
+    edges = [{position[r] for r in references(e["resource"]) if r in position} - {n} for n, e in enumerate(entries)]
     stages: list[list[int]] = []
     for component in _components(edges):
         if stages and len(stages[-1]) + len(component) <= max_entries:

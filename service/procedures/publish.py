@@ -20,6 +20,7 @@ from schemas.procedures import current_catalog
 from service.bootstrap import Services
 from service.coding.result import coding_input
 from service.coding.rules import code_procedure
+from service.db import stored_utc
 from service.fhir.mapping import map_json
 from service.fhir.record import ProcedureRecord
 from service.fhir.transaction import NOT_PUSHED, ehr_transaction
@@ -111,5 +112,4 @@ def _store(
 
 def _instant(when: datetime) -> str:
     """A FHIR instant: milliseconds and a zone (naive times, as SQLite gives them back, are UTC)."""
-    aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return stored_utc(when).astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

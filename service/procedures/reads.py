@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.images import image_view
+from service.images import image_view, latest_ids
 from service.models import Instance, ProcedureSignature
 
 
 def linked_images(s: Session, procedure_id: str) -> list[dict[str, Any]]:
     """The latest version of each image linked to the procedure, oldest first."""
-    latest = (
-        select(func.max(Instance.id)).where(Instance.procedure_id == procedure_id).group_by(Instance.sop_instance_uid)
-    )
+    latest = latest_ids(Instance.procedure_id == procedure_id)
     return [image_view(r) for r in s.scalars(select(Instance).where(Instance.id.in_(latest)).order_by(Instance.id))]
 
 

@@ -26,7 +26,7 @@ from schemas.procedures import (
     report_warnings,
 )
 from service.bootstrap import Services
-from service.db import unit_of_work
+from service.db import page_of, unit_of_work
 from service.errors import Conflict, DomainError, NotFound, Rejected
 from service.models import AuditEvent, Instance, Procedure, ProcedureSignature, ProcedureVersion
 from service.procedures import linker
@@ -215,10 +215,7 @@ def search(
     if f.encounter_id:
         q = q.where(Procedure.encounter_id == f.encounter_id)
     with unit_of_work(services.session_factory) as s:
-        total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
-        rows = s.scalars(
-            q.order_by(Procedure.created_at.desc(), Procedure.id).offset((page - 1) * per_page).limit(per_page)
-        )
+        rows, total = page_of(s, q, page, per_page, Procedure.created_at.desc(), Procedure.id)
         items = [view(s, p) for p in rows]
         _audit(
             s, services, actor, "search", None, returned=len(items), filters=sorted(k for k, v in vars(f).items() if v)

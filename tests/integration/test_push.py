@@ -29,6 +29,7 @@ from sqlalchemy import select
 
 from service.bootstrap import build_services
 from service.config import Settings
+from service.db import stored_utc
 from service.fhir import push, transaction
 from service.fhir.mapping import to_model
 from service.models import FhirResource, OutboxMessage
@@ -138,18 +139,9 @@ def _assert_sandbox_holds_exactly(sandbox: Sandbox, services) -> None:  # type: 
     ids = {key: f"{hit['resourceType']}/{hit['id']}" for key, hit in found.items()}
     for key, body in ours.items():
         assert _content(found[key]) == _content(transaction.rewrite_references(body, ids)), key
-        assert not [r for r in _references(found[key]) if r in ours], key  # no reference to our ids
+        assert not [r for r in transaction.references(found[key]) if r in ours], key  # no reference to our ids
     for rtype in {k.split("/")[0] for k in ours}:
         assert sandbox.search_total(rtype) == len({v for k, v in ids.items() if k.startswith(f"{rtype}/")}), rtype
-
-
-def _references(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        own = [node["reference"]] if isinstance(node.get("reference"), str) else []
-        return own + [r for v in node.values() for r in _references(v)]
-    if isinstance(node, list):
-        return [r for v in node for r in _references(v)]
-    return []
 
 
 def test_a_final_report_is_delivered_once_and_the_ehr_holds_its_resources(
@@ -295,7 +287,7 @@ def test_retry_after_is_honoured(client, auth, services, sandbox):
     assert (outcome.status, outcome.http_status) == ("retry", 429) and outcome.delay >= 30
     [m] = _messages(services)
     assert m.status == "pending" and m.last_status == 429 and "throttled" in (m.last_error or "")
-    wait = push._aware(m.next_attempt_at) - before  # noqa: SLF001
+    wait = stored_utc(m.next_attempt_at) - before
     assert timedelta(seconds=30) <= wait < timedelta(seconds=31)
     assert push.push_due(services) == []  # not before the server said
     later = services.clock() + timedelta(seconds=31)

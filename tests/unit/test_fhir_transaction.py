@@ -17,21 +17,13 @@ from service.fhir.transaction import (
     locations,
     match_key,
     plan,
+    references,
     rewrite_references,
     stage_bundle,
 )
 from tests.unit.test_fhir_mapping import CASES, ID_SYSTEM, PID
 
 URN = re.compile(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-
-
-def _refs(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        own = [node["reference"]] if isinstance(node.get("reference"), str) else []
-        return own + [r for v in node.values() for r in _refs(v)]
-    if isinstance(node, list):
-        return [r for v in node for r in _refs(v)]
-    return []
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +60,7 @@ def test_no_id_of_ours_reaches_the_ehr_and_references_use_the_entries_urn_uuids(
     for entry in bundle["entry"]:
         resource = entry["resource"]
         assert "id" not in resource and "versionId" not in resource.get("meta", {})
-        for ref in _refs(resource):
+        for ref in references(resource):
             assert ref in urls or ref.startswith("#"), ref  # contained resources stay local
     procedure = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Procedure")
     assert procedure["resource"]["subject"]["reference"] == full_url("Patient", f"{PID}-patient")
@@ -113,7 +105,7 @@ def test_stages_fit_the_cap_keep_cycles_together_and_put_referenced_resources_fi
     stage_of = {entries[n]["fullUrl"]: k for k, stage in enumerate(stages) for n in stage}
     for k, stage in enumerate(stages):
         for n in stage:
-            for ref in _refs(entries[n]["resource"]):
+            for ref in references(entries[n]["resource"]):
                 if ref in stage_of:
                     assert stage_of[ref] <= k, (case, entries[n]["request"]["url"], ref)  # never a later stage
     # Only a reference cycle may exceed the cap: the procedure and its report refer to each other.
@@ -144,7 +136,7 @@ def test_a_stage_points_at_the_ids_the_ehr_answered_for_earlier_stages(example):
     resolved = locations(sent, answer)
     assert resolved == {e["fullUrl"]: f"{e['resource']['resourceType']}/e{n}" for n, e in enumerate(sent["entry"])}
     later = stage_bundle(bundle, second, resolved)
-    refs = [r for e in later["entry"] for r in _refs(e["resource"])]
+    refs = [r for e in later["entry"] for r in references(e["resource"])]
     assert any(r.startswith("Patient/e") for r in refs)
     assert not [r for r in refs if r.startswith("urn:uuid:") and r in resolved]  # no earlier urn:uuid left
     same_stage = {e["fullUrl"] for e in later["entry"]}
