@@ -82,38 +82,61 @@ def dataset_offset(head: bytes) -> int:
     raise InvalidDicomError("no file meta group length")
 
 
-_HEAD_BYTES = 1 << 20
+HEAD_BYTES = 1 << 20
 
 
 def _walkable(transfer_syntax_uid: str) -> bool:
     return transfer_syntax_uid not in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99")
 
 
-def _read_indexed(path: Path, transfer_syntax_uid: str) -> tuple[IndexFields, str, int]:
-    """Check the data set is whole, then return its index fields, SHA-256 (file meta excluded) and file size.
+@dataclass
+class Received:
+    """A complete Part 10 file in the store's temp folder, and what its receiver already knows of it."""
 
-    One read serves all three for objects up to 1 MiB (the walk and the header reader work in memory);
-    larger ones are walked on disk. The header comes from the fast reader (service/dicom_header.py) when it
-    can, else from pydicom. Raises InvalidDicomError (incomplete), NotIndexable, or a parse error.
-    """
+    path: Path
+    head: bytes
+    """The file's first bytes (preamble and file meta included): all of it, or at least ``HEAD_BYTES``."""
+    sha256: str
+    """SHA-256 of the data set: the bytes after the file meta group."""
+    size: int
+    """Size of the whole file."""
+    fd: int | None = None
+    """An open descriptor of the file, if the receiver holds one (saves an open for the fsync)."""
+
+    @property
+    def whole(self) -> bool:
+        return self.size == len(self.head)
+
+
+def read_received(path: Path) -> Received:
+    """Read a file once for its head, SHA-256 (file meta excluded) and size."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        head = f.read(_HEAD_BYTES)
-        offset = dataset_offset(head)
-        h.update(head[offset:])
+        head = f.read(HEAD_BYTES)
+        h.update(head[dataset_offset(head) :])
         size = len(head)
         while chunk := f.read(1 << 20):
             h.update(chunk)
             size += len(chunk)
-    whole = size == len(head)
+    return Received(path, head, h.hexdigest(), size)
+
+
+def index_fields(received: Received, transfer_syntax_uid: str) -> IndexFields:
+    """Check the data set is whole, then return its index fields.
+
+    Objects up to 1 MiB are checked and read in memory; larger ones are walked on disk. The header comes
+    from the fast reader (service/dicom_header.py) when it can, else from pydicom. Raises InvalidDicomError
+    (incomplete), NotIndexable, or a parse error.
+    """
+    head, path = received.head, received.path
     try:
-        if not (whole and _walkable(transfer_syntax_uid)):
+        if not (received.whole and _walkable(transfer_syntax_uid)):
             raise Unsupported("walk on disk")
-        pixels = walk_complete(head, offset, implicit=transfer_syntax_uid == "1.2.840.10008.1.2")
+        pixels = walk_complete(head, dataset_offset(head), implicit=transfer_syntax_uid == "1.2.840.10008.1.2")
     except Unsupported:
         pixels = check_complete(path, transfer_syntax_uid)
     try:
-        fields = extract_index_fields(read_header(head, complete=whole))
+        fields = extract_index_fields(read_header(head, complete=received.whole))
     except NotIndexable:
         raise
     except Exception:  # noqa: BLE001 - anything unusual: let pydicom read it
@@ -122,7 +145,13 @@ def _read_indexed(path: Path, transfer_syntax_uid: str) -> tuple[IndexFields, st
         # Pixel Data is Type 1 in every image IOD; an image cut off before it (exactly at an element
         # boundary, which no length check can see) must not be acknowledged.
         raise NotIndexable("image object without Pixel Data")
-    return fields, h.hexdigest(), size
+    return fields
+
+
+def _read_indexed(path: Path, transfer_syntax_uid: str) -> tuple[IndexFields, str, int]:
+    """Index fields, SHA-256 (file meta excluded) and size of a file (see index_fields)."""
+    received = read_received(path)
+    return index_fields(received, transfer_syntax_uid), received.sha256, received.size
 
 
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
@@ -215,6 +244,13 @@ def _skip_items(f: BinaryIO, size: int, implicit: bool, endian: str) -> None:
 _FSYNC_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
 
 
+def _fsync(received: Received) -> None:
+    if received.fd is not None:
+        os.fsync(received.fd)
+    else:
+        fsync_file(received.path)
+
+
 def ingest_file(
     services: Services,
     path: Path,
@@ -224,13 +260,34 @@ def ingest_file(
     expected_sop_instance_uid: str | None = None,
 ) -> IngestResult:
     """Index and keep the Part 10 file at ``path`` (in the store's temp folder); consume it in every case."""
+    try:
+        received = read_received(path)
+    except Exception as exc:  # noqa: BLE001 - any parse failure of foreign bytes is "cannot understand"
+        path.unlink(missing_ok=True)
+        return IngestResult(Outcome.UNREADABLE, f"dataset could not be parsed: {type(exc).__name__}")
+    return ingest(services, received, origin, transfer_syntax_uid, expected_sop_class_uid, expected_sop_instance_uid)
+
+
+def ingest(
+    services: Services,
+    received: Received,
+    origin: Origin,
+    transfer_syntax_uid: str,
+    expected_sop_class_uid: str | None = None,
+    expected_sop_instance_uid: str | None = None,
+) -> IngestResult:
+    """Index and keep a received file (in the store's temp folder); consume it in every case.
+
+    The caller may close ``received.fd`` once this returns.
+    """
+    path = received.path
     # The file's mtime becomes "now": recovery after a power cut looks for files newer than the last
     # index barrier, and a long transfer's last write can be far older than its index row.
     os.utime(path)
-    synced = _FSYNC_POOL.submit(fsync_file, path)
+    synced = _FSYNC_POOL.submit(_fsync, received)
     try:
         try:
-            fields, sha256, size = _read_indexed(path, transfer_syntax_uid)
+            fields = index_fields(received, transfer_syntax_uid)
         except NotIndexable as exc:
             return IngestResult(Outcome.NOT_INDEXABLE, str(exc))
         except Exception as exc:  # noqa: BLE001 - any parse failure of foreign bytes is "cannot understand"
@@ -246,7 +303,7 @@ def ingest_file(
         except OSError as exc:
             return IngestResult(Outcome.STORE_FAILED, f"write failed: {exc.strerror}", no_space=exc.errno == 28)
 
-        return _index(services, path, fields, sha256, size, transfer_syntax_uid, origin)
+        return _index(services, path, fields, received.sha256, received.size, transfer_syntax_uid, origin)
     finally:
         wait([synced])
         path.unlink(missing_ok=True)
@@ -371,8 +428,13 @@ def _link(conn: Connection, row: dict[str, object], services: Services) -> None:
     """Link the row in the ingest transaction, so one commit covers both. A failure here never costs the
     image: it is stored unlinked-pending (link_status NULL) and linked at the next start or report change."""
     try:
-        with conn.begin_nested():
+        if conn.dialect.name == "sqlite":
+            # Linking only reads, and a failed read leaves a SQLite transaction as it was: no savepoint needed.
             row.update(link_columns(conn, row, services.link_settings))
+        else:
+            # On PostgreSQL any failed statement aborts the whole transaction unless a savepoint contains it.
+            with conn.begin_nested():
+                row.update(link_columns(conn, row, services.link_settings))
     except Exception as exc:  # noqa: BLE001 - the type only: a message could carry patient data
         log.error("linking a new image failed (%s); it waits for the next linker run", type(exc).__name__)
 

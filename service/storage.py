@@ -38,7 +38,7 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -55,11 +55,12 @@ class FileStore:
         self.root = root
         self._tmp = root / TMP_DIR / temp_name
         self._tmp.mkdir(parents=True, exist_ok=True)
-        self._known_dirs: set[Path] = set()
+        self._root_str = str(root)
+        self._known_dirs: set[str] = set()
 
     @staticmethod
     def key_for(sha256: str, day: date) -> str:
-        return f"{day:%Y/%m/%d}/{sha256}.dcm"
+        return f"{day.year:04d}/{day.month:02d}/{day.day:02d}/{sha256}.dcm"
 
     def temp_dir(self) -> Path:
         return self._tmp
@@ -67,12 +68,13 @@ class FileStore:
     def commit_file(self, tmp_path: Path, sha256: str, day: date) -> tuple[str, bool]:
         """Move an fsync'd temp file into place. Returns (key, created); identical content already stored is kept."""
         key = self.key_for(sha256, day)
-        dest = self.root / key
-        parent = dest.parent
+        # Plain strings: this runs once per received object, and pathlib costs several times more.
+        dest = os.path.join(self._root_str, key)
+        parent = os.path.dirname(dest)
         if parent not in self._known_dirs:
-            self._make_dirs(parent)
+            self._make_dirs(Path(parent))
             self._known_dirs.add(parent)
-        if dest.exists():
+        if os.path.exists(dest):
             tmp_path.unlink(missing_ok=True)
             return key, False
         os.replace(tmp_path, dest)

@@ -43,15 +43,26 @@ def encode_c_store_rsp(rsp: C_STORE) -> bytes | None:
         return None
     if rsp.AffectedSOPClassUID is None or rsp.AffectedSOPInstanceUID is None or rsp.Status is None:
         return None
+    return c_store_rsp(
+        str(rsp.AffectedSOPClassUID),
+        str(rsp.AffectedSOPInstanceUID),
+        int(rsp.MessageIDBeingRespondedTo),
+        int(rsp.Status),
+        str(rsp.ErrorComment or ""),
+    )
+
+
+def c_store_rsp(sop_class_uid: str, sop_instance_uid: str, message_id: int, status: int, comment: str = "") -> bytes:
+    """A C-STORE-RSP command set with no data set, and an Error Comment (LO, 64 characters) if given."""
     body = b"".join(
         (
-            _implicit(0x0000, 0x0002, _pad_uid(str(rsp.AffectedSOPClassUID))),
+            _implicit(0x0000, 0x0002, _pad_uid(sop_class_uid)),
             _implicit(0x0000, 0x0100, struct.pack("<H", 0x8001)),
-            _implicit(0x0000, 0x0120, struct.pack("<H", int(rsp.MessageIDBeingRespondedTo))),
+            _implicit(0x0000, 0x0120, struct.pack("<H", message_id)),
             _implicit(0x0000, 0x0800, struct.pack("<H", 0x0101)),
-            _implicit(0x0000, 0x0900, struct.pack("<H", int(rsp.Status))),
-            _implicit(0x0000, 0x0902, _pad_text(str(rsp.ErrorComment))) if rsp.ErrorComment else b"",
-            _implicit(0x0000, 0x1000, _pad_uid(str(rsp.AffectedSOPInstanceUID))),
+            _implicit(0x0000, 0x0900, struct.pack("<H", status)),
+            _implicit(0x0000, 0x0902, _pad_text(comment[:64])) if comment else b"",
+            _implicit(0x0000, 0x1000, _pad_uid(sop_instance_uid)),
         )
     )
     return _implicit(0x0000, 0x0000, struct.pack("<I", len(body))) + body

@@ -25,8 +25,10 @@ from sqlalchemy import func, select
 from service import audit_trail, modality
 from service.bootstrap import Services
 from service.dicom import status as st
+from service.dicom import storelane
+from service.dicom.storelane import StoreCommand
 from service.dicom_index import is_valid_uid
-from service.ingest import Origin, ingest_file
+from service.ingest import Origin, Received, ingest, ingest_file
 from service.models import Procedure
 from service.worklist.items import worklist_item, worklist_statuses
 from service.worklist.matching import SPECIFIC_CHARACTER_SET, match, response
@@ -35,11 +37,6 @@ if TYPE_CHECKING:
     from service.dicom.commitment import CommitmentReporter
 
 log = logging.getLogger("service.dicom")
-
-
-def _origin(event: Event) -> Origin:
-    requestor = event.assoc.requestor
-    return Origin("dicom", requestor.ae_title, f"{requestor.address}:{requestor.port}")
 
 
 def handle_conn_close(event: Event) -> None:
@@ -51,6 +48,8 @@ def handle_conn_close(event: Event) -> None:
         partial.close()
         Path(partial.name).unlink(missing_ok=True)
         log.info("removed the partial data set of an interrupted C-STORE")
+    if storelane.discard(event.assoc.dul):
+        log.info("removed the partial data set of an interrupted C-STORE")
 
 
 def handle_echo(event: Event) -> int:
@@ -58,28 +57,51 @@ def handle_echo(event: Event) -> int:
 
 
 def handle_store(event: Event, services: Services) -> int | Dataset:
-    """C-STORE: answered 0x0000 only after the object is fsync'd, in place and indexed (ingest_file)."""
+    """C-STORE through pynetdicom (the fast lane, service/dicom/storelane.py, takes the plain ones)."""
+    req = event.request
+    code, comment = store_received(
+        services,
+        event.assoc,
+        event.dataset_path,
+        str(event.context.transfer_syntax),
+        str(req.AffectedSOPClassUID or "") or None,
+        str(req.AffectedSOPInstanceUID or "") or None,
+    )
+    return st.status_dataset(code, comment) if comment else code
+
+
+def store_lane(
+    services: Services, assoc: Any, received: Received, transfer_syntax: str, command: StoreCommand
+) -> tuple[int, str]:
+    """The fast lane's store function (storelane.StoreFunction)."""
+    return store_received(services, assoc, received, transfer_syntax, command.sop_class_uid, command.sop_instance_uid)
+
+
+def store_received(
+    services: Services,
+    assoc: Any,
+    received: Path | Received,
+    transfer_syntax: str,
+    sop_class_uid: str | None,
+    sop_instance_uid: str | None,
+) -> tuple[int, str]:
+    """A received C-STORE data set: (status, error comment), 0x0000 only once the object is fsync'd, in place
+    and indexed (service.ingest). Never raises."""
+    requestor = assoc.requestor
+    origin = Origin("dicom", requestor.ae_title, f"{requestor.address}:{requestor.port}")
     try:
-        req = event.request
-        result = ingest_file(
-            services,
-            event.dataset_path,
-            _origin(event),
-            str(event.context.transfer_syntax),
-            expected_sop_class_uid=str(req.AffectedSOPClassUID or "") or None,
-            expected_sop_instance_uid=str(req.AffectedSOPInstanceUID or "") or None,
-        )
+        if isinstance(received, Path):
+            result = ingest_file(services, received, origin, transfer_syntax, sop_class_uid, sop_instance_uid)
+        else:
+            result = ingest(services, received, origin, transfer_syntax, sop_class_uid, sop_instance_uid)
     except Exception:  # noqa: BLE001
         log.exception("C-STORE failed unexpectedly")
-        return st.status_dataset(st.PROCESSING_FAILURE, "internal error")
-    status = st.store_status(result)
+        return st.PROCESSING_FAILURE, "internal error"
+    code, comment = st.store_status(result)
     if log.isEnabledFor(logging.INFO):
-        code = status if isinstance(status, int) else status.Status
         detail = f" [{result.message}]" if result.message else ""
-        log.info(
-            "C-STORE from %s: %s (status 0x%04X)%s", event.assoc.requestor.ae_title, result.outcome.value, code, detail
-        )
-    return status
+        log.info("C-STORE from %s: %s (status 0x%04X)%s", requestor.ae_title, result.outcome.value, code, detail)
+    return code, comment
 
 
 def handle_n_create(event: Event, services: Services) -> tuple[int | Dataset, Dataset | None]:

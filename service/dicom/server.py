@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 import time
+from pathlib import Path
 from tempfile import NamedTemporaryFile
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -25,7 +26,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from service.bootstrap import Services
 from service.db import unit_of_work
-from service.dicom import fastpath, handlers, reactor
+from service.dicom import fastpath, handlers, reactor, storelane
 from service.dicom.commitment import CommitmentReporter
 from service.ingest import IndexSyncer, recover_index
 from service.peers import PeerAllowList
@@ -34,6 +35,12 @@ from service.procedures.linker import link_pending
 log = logging.getLogger("service.dicom")
 
 _NON_STORAGE_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+_NON_STORAGE_CLASSES = (
+    Verification,
+    ModalityPerformedProcedureStep,
+    StorageCommitmentPushModel,
+    ModalityWorklistInformationFind,
+)
 _UNCOMPRESSED_ORDER = {ExplicitVRLittleEndian: 1, ImplicitVRLittleEndian: 2, "1.2.840.10008.1.2.2": 3}
 
 
@@ -80,14 +87,18 @@ def configure_pynetdicom(services: Services) -> None:
     reactor.install()
     if not hasattr(DIMSEServiceProvider.send_msg, "__wrapped__"):
         DIMSEServiceProvider.send_msg = fastpath.fast_send_msg(DIMSEServiceProvider.send_msg)  # type: ignore[method-assign]
+    storelane.install(frozenset(str(uid) for uid in _NON_STORAGE_CLASSES))
 
 
 class UsgiAE(AE):
-    """An AE whose allowed calling AE titles come from the peer registry, re-read as it changes."""
+    """An AE whose allowed calling AE titles come from the peer registry, re-read as it changes, and whose
+    plain C-STOREs take the fast lane (service/dicom/storelane.py) when ``store_lane`` is set."""
 
     def __init__(self, ae_title: str, allow_list: PeerAllowList) -> None:
         super().__init__(ae_title=ae_title)
         self._allow_list = allow_list
+        self.store_lane: storelane.StoreFunction | None = None
+        self.store_lane_temp_dir = Path(".")
 
     @property  # type: ignore[override]
     def require_calling_aet(self) -> list[str]:
@@ -131,13 +142,10 @@ class DicomServer:
         self.ae.network_timeout = settings.dicom_network_timeout
         self.ae.acse_timeout = 30
         self.ae.dimse_timeout = settings.dicom_network_timeout
-        for uid in (
-            Verification,
-            ModalityPerformedProcedureStep,
-            StorageCommitmentPushModel,
-            ModalityWorklistInformationFind,
-        ):
+        for uid in _NON_STORAGE_CLASSES:
             self.ae.add_supported_context(uid, _NON_STORAGE_SYNTAXES)
+        self.ae.store_lane = functools.partial(handlers.store_lane, services)
+        self.ae.store_lane_temp_dir = services.store.temp_dir()
         self._reuse_port = reuse_port
         # Of several receiver processes only one resends undelivered commitment reports at start.
         self._resume_commitments = resume_commitments

@@ -38,12 +38,12 @@ def status_dataset(code: int, comment: str = "") -> Dataset:
     return ds
 
 
-def store_status(result: IngestResult) -> int | Dataset:
-    """The C-STORE response status for an ingest result (a bare code when there is nothing to comment)."""
+def store_status(result: IngestResult) -> tuple[int, str]:
+    """The C-STORE response status for an ingest result, and its error comment ("" for none)."""
     if result.outcome in (Outcome.STORED, Outcome.DUPLICATE):
         if result.warnings:
-            return status_dataset(WARNING_DOES_NOT_MATCH, result.warnings[0])
-        return SUCCESS
+            return WARNING_DOES_NOT_MATCH, result.warnings[0][:64]
+        return SUCCESS, ""
     if result.outcome is Outcome.STORE_FAILED and result.no_space:
-        return status_dataset(OUT_OF_RESOURCES, "out of storage space")
-    return status_dataset(_STORE_STATUS[result.outcome], result.message)
+        return OUT_OF_RESOURCES, "out of storage space"
+    return _STORE_STATUS[result.outcome], result.message[:64]

@@ -1,0 +1,175 @@
+"""The C-STORE fast lane (service/dicom/storelane.py) over real associations, with PDUs laid out as peers may.
+
+pynetdicom and dcmtk put the command and the data set in separate PDUs; the standard lets a peer pack them
+together, split the data set in fragments of any size, split the command too, or use a tiny maximum PDU.
+Each layout must end with the same stored, indexed, byte-exact object; a fragment that breaks the
+protocol aborts the association and leaves nothing behind; what the lane does not take, pynetdicom does.
+"""
+
+from __future__ import annotations
+
+import time
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, UltrasoundImageStorage, generate_uid
+from pynetdicom import AE
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+from sqlalchemy import select
+
+from service.models import Instance
+from tests.dicomutil import dataset_bytes, restamp, sha256, vendor_path
+from tests.integration.test_dicom_bad_input import _echo_on_new_association, _store_files, _wait_until
+
+CONTEXTS = [(UltrasoundImageStorage, ExplicitVRLittleEndian), (SecondaryCaptureImageStorage, ExplicitVRLittleEndian)]
+
+
+def _associate(port: int, max_pdu: int = 16382):  # type: ignore[no-untyped-def]
+    ae = AE(ae_title="TESTSCU")
+    ae.maximum_pdu_size = max_pdu
+    for abstract, ts in CONTEXTS:
+        ae.add_requested_context(abstract, ts)
+    assoc = ae.associate("127.0.0.1", port, ae_title="USGI")
+    assert assoc.is_established
+    return assoc
+
+
+def _cx(assoc, abstract: str) -> int:  # type: ignore[no-untyped-def]
+    return next(int(cx.context_id) for cx in assoc.accepted_contexts if cx.abstract_syntax == abstract)
+
+
+def _command(sop_class: str, sop_instance: str) -> bytes:
+    req = C_STORE()
+    req.MessageID = 11
+    req.Priority = 0
+    req.AffectedSOPClassUID = sop_class
+    req.AffectedSOPInstanceUID = sop_instance
+    req.DataSet = BytesIO(b"\x00")  # only so that the command says a data set follows
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(req)
+    return bytes(encode(msg.command_set, True, True))
+
+
+def _pdu(*pdvs: tuple[int, int, bytes]) -> bytes:
+    """A P-DATA-TF PDU of (context id, message control header, fragment) items (PS3.8 9.3.5)."""
+    items = b"".join((len(f) + 2).to_bytes(4, "big") + bytes([cx, h]) + f for cx, h, f in pdvs)
+    return b"\x04\x00" + len(items).to_bytes(4, "big") + items
+
+
+def _exchange(assoc, *pdus: bytes) -> int | None:  # type: ignore[no-untyped-def]
+    """Send hand-made PDUs on the association and wait for the C-STORE response's status (None: none came)."""
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        for pdu in pdus:
+            assoc.dul.socket.send(pdu)
+        _, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return None if rsp is None else int(rsp.Status)
+
+
+def _image(tmp_path: Path) -> tuple[Path, str, bytes]:
+    path = restamp(vendor_path("ge_rgb"), tmp_path / f"{generate_uid()}.dcm")
+    return path, str(dcmread(path, stop_before_pixels=True).SOPInstanceUID), dataset_bytes(path)
+
+
+def _assert_stored(services, uid: str, data: bytes) -> None:  # type: ignore[no-untyped-def]
+    with services.session_factory() as s:
+        row = s.scalars(select(Instance).where(Instance.sop_instance_uid == uid)).one()
+    assert row.sha256 == sha256(data)
+    with services.store.open(row.storage_key) as f:
+        stored = f.read()
+    assert stored.endswith(data), "the stored object is not the received data set"
+    assert _store_files(services)[1] == [], "a temp file was left behind"
+
+
+def test_command_and_whole_data_set_in_one_pdu(dicom_server, services, tmp_path):
+    _, uid, data = _image(tmp_path)
+    assoc = _associate(dicom_server.port)
+    try:
+        cx = _cx(assoc, UltrasoundImageStorage)
+        status = _exchange(assoc, _pdu((cx, 0x03, _command(UltrasoundImageStorage, uid)), (cx, 0x02, data)))
+        assert status == 0x0000
+        _assert_stored(services, uid, data)
+    finally:
+        assoc.release()
+
+
+@pytest.mark.parametrize("fragment", [1, 999, 4096])
+def test_data_set_in_many_fragments_and_pdus(fragment, dicom_server, services, tmp_path):
+    _, uid, data = _image(tmp_path)
+    assoc = _associate(dicom_server.port)
+    try:
+        cx = _cx(assoc, UltrasoundImageStorage)
+        pieces = (
+            [data[i : i + fragment] for i in range(0, len(data), fragment)] if fragment > 1 else [data[:1], data[1:]]
+        )
+        pdvs = [(cx, 0x02 if i == len(pieces) - 1 else 0x00, p) for i, p in enumerate(pieces)]
+        # Three fragments to a PDU, the command alone in the first.
+        pdus = [_pdu((cx, 0x03, _command(UltrasoundImageStorage, uid)))]
+        pdus += [_pdu(*pdvs[i : i + 3]) for i in range(0, len(pdvs), 3)]
+        assert _exchange(assoc, *pdus) == 0x0000
+        _assert_stored(services, uid, data)
+    finally:
+        assoc.release()
+
+
+def test_command_in_two_fragments_is_stored_by_pynetdicom(dicom_server, services, tmp_path):
+    _, uid, data = _image(tmp_path)
+    command = _command(UltrasoundImageStorage, uid)
+    assoc = _associate(dicom_server.port)
+    try:
+        cx = _cx(assoc, UltrasoundImageStorage)
+        pdus = [_pdu((cx, 0x01, command[:20])), _pdu((cx, 0x03, command[20:])), _pdu((cx, 0x02, data))]
+        assert _exchange(assoc, *pdus) == 0x0000
+        _assert_stored(services, uid, data)
+    finally:
+        assoc.release()
+
+
+def test_request_on_a_context_of_another_sop_class_is_answered_by_pynetdicom(dicom_server, services, tmp_path):
+    # The object is an ultrasound image and says so; the request names Secondary Capture and travels on
+    # the Secondary Capture context: not the lane's case, and the request does not match the data set.
+    _, uid, data = _image(tmp_path)
+    assoc = _associate(dicom_server.port)
+    try:
+        cx = _cx(assoc, SecondaryCaptureImageStorage)
+        status = _exchange(assoc, _pdu((cx, 0x03, _command(SecondaryCaptureImageStorage, uid)), (cx, 0x02, data)))
+        assert status == 0xA900
+        assert _store_files(services) == ([], [])
+    finally:
+        assoc.release()
+
+
+def test_a_fragment_of_another_context_inside_a_data_set_aborts_and_leaves_nothing(dicom_server, services, tmp_path):
+    _, uid, data = _image(tmp_path)
+    assoc = _associate(dicom_server.port)
+    try:
+        us, sc = _cx(assoc, UltrasoundImageStorage), _cx(assoc, SecondaryCaptureImageStorage)
+        pdus = [
+            _pdu((us, 0x03, _command(UltrasoundImageStorage, uid)), (us, 0x00, data[:5000])),
+            _pdu((sc, 0x02, data[5000:])),
+        ]
+        assert _exchange(assoc, *pdus) is None
+        assert _wait_until(lambda: assoc.is_aborted, 5), "the service did not abort the association"
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    assert _wait_until(lambda: _store_files(services) == ([], []), 5), "the partial data set was left behind"
+    _echo_on_new_association(dicom_server.port)
+
+
+def test_a_peer_whose_maximum_pdu_cannot_hold_the_response_gets_it_in_fragments(dicom_server, services, tmp_path):
+    path, uid, data = _image(tmp_path)
+    assoc = _associate(dicom_server.port, max_pdu=64)  # the response is about 170 bytes
+    try:
+        assert int(assoc.send_c_store(path).Status) == 0x0000
+        _assert_stored(services, uid, data)
+    finally:
+        assoc.release()
