@@ -42,7 +42,8 @@ def make_engine(url: str, synchronous: str = "FULL", **kwargs: Any) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
             # IMMEDIATE takes the write lock up front: no deadlock-prone lock upgrades between processes.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # On the DBAPI connection: exec_driver_sql costs ~0.1 ms of CPU, paid by every stored image.
+            conn.connection.driver_connection.execute("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)

@@ -12,17 +12,17 @@ import logging
 import os
 import struct
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
-from sqlalchemy import Boolean, Connection, Integer, bindparam, select, text, update
+from sqlalchemy import Boolean, Connection, Dialect, Integer, bindparam, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.types import TypeEngine
 
 from service.bootstrap import Services
 from service.db import stored_utc, unit_of_work
@@ -240,10 +240,6 @@ def _skip_items(f: BinaryIO, size: int, implicit: bool, endian: str) -> None:
             _skip_value(f, size, length)
 
 
-# fsync waits on the disk without holding the GIL: it runs here while the handler parses the header.
-_FSYNC_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
-
-
 def _fsync(received: Received) -> None:
     if received.fd is not None:
         os.fsync(received.fd)
@@ -283,9 +279,8 @@ def ingest(
     path = received.path
     # The file's mtime becomes "now": recovery after a power cut looks for files newer than the last
     # index barrier, and a long transfer's last write can be far older than its index row.
-    os.utime(path)
-    synced = _FSYNC_POOL.submit(_fsync, received)
     try:
+        os.utime(path)
         try:
             fields = index_fields(received, transfer_syntax_uid)
         except NotIndexable as exc:
@@ -298,15 +293,54 @@ def ingest(
         if expected_sop_instance_uid and fields.sop_instance_uid != expected_sop_instance_uid:
             return IngestResult(Outcome.MISMATCH, "SOP Instance UID in the dataset differs from the request's")
 
+        # In this thread: handing the fsync to another one cost more CPU (thread wake-ups, GIL hand-overs)
+        # than overlapping it with the parse above saved, measured at 1 and 4 associations.
         try:
-            synced.result()
+            _fsync(received)
         except OSError as exc:
             return IngestResult(Outcome.STORE_FAILED, f"write failed: {exc.strerror}", no_space=exc.errno == 28)
 
         return _index(services, path, fields, received.sha256, received.size, transfer_syntax_uid, origin)
     finally:
-        wait([synced])
         path.unlink(missing_ok=True)
+
+
+class _Version(NamedTuple):
+    id: int
+    sha256: str
+    storage_key: str
+
+
+class _Direct:
+    """A statement compiled once per dialect and run on the connection's DBAPI cursor.
+
+    The ingest runs two statements per object; through ``Connection.execute`` each cost about 0.1 ms of CPU
+    (result set-up, events, cache look-ups), a tenth of the Python time of a 45 KB image. Values go through
+    the same type processors SQLAlchemy would apply, so what is stored is the same.
+    """
+
+    def __init__(self, sql: str, types: dict[str, TypeEngine[Any]]) -> None:
+        self._statement = text(sql).bindparams(*[bindparam(name, type_=t) for name, t in types.items()])
+        self._types = types
+        self._by_dialect: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+
+    def _compiled(self, dialect: Dialect) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+        found = self._by_dialect.get(dialect.name)
+        if found is None:
+            compiled = self._statement.compile(dialect=dialect)
+            names = tuple(compiled.positiontup or ()) if compiled.positional else None
+            processors = {n: t.dialect_impl(dialect).bind_processor(dialect) for n, t in self._types.items()}
+            found = (str(compiled), names, {n: p for n, p in processors.items() if p is not None})
+            self._by_dialect[dialect.name] = found
+        return found
+
+    def run(self, conn: Connection, values: dict[str, Any]) -> Any:
+        sql, names, processors = self._compiled(conn.dialect)
+        if processors:
+            values = {**values, **{n: p(values[n]) for n, p in processors.items()}}
+        cursor = conn.connection.cursor()
+        cursor.execute(sql, tuple(values[n] for n in names) if names is not None else values)
+        return cursor
 
 
 class _Statements:
@@ -317,12 +351,13 @@ class _Statements:
         columns = [c for c in table.columns if c.key != "id"]
         names = ", ".join(c.key for c in columns)
         binds = ", ".join(f":{c.key}" for c in columns)
-        self.insert = (
-            text(f"INSERT INTO instances ({names}) VALUES ({binds}) RETURNING id")
-            .bindparams(*[bindparam(c.key, type_=c.type) for c in columns])
-            .columns(id=Integer)
+        insert = f"INSERT INTO instances ({names}) VALUES ({binds}) RETURNING id"
+        self.insert = text(insert).bindparams(*[bindparam(c.key, type_=c.type) for c in columns]).columns(id=Integer)
+        self.insert_direct = _Direct(insert, {c.key: c.type for c in columns})
+        self.versions = _Direct(
+            "SELECT id, sha256, storage_key FROM instances WHERE sop_instance_uid = :uid",
+            {"uid": table.c.sop_instance_uid.type},
         )
-        self.versions = text("SELECT id, sha256, storage_key FROM instances WHERE sop_instance_uid = :uid")
         self.mark_conflict = text("UPDATE instances SET conflict = :yes WHERE sop_instance_uid = :uid").bindparams(
             bindparam("yes", value=True, type_=Boolean)
         )
@@ -380,6 +415,8 @@ def _index(
     few statements of the row itself (a SQLite database has one writer at a time, across processes).
     """
     store = services.store
+    engine = services.ingest_engine
+    assert engine is not None
     uid = fields.sop_instance_uid
     received_at = services.clock()
     try:
@@ -388,17 +425,17 @@ def _index(
         return IngestResult(Outcome.STORE_FAILED, f"write failed: {exc.strerror}", no_space=exc.errno == 28)
     for _attempt in range(3):
         try:
-            with services.write_lock, services.ingest_engine.begin() as conn:  # type: ignore[union-attr]
-                versions = conn.execute(_SQL.versions, {"uid": uid}).all()
+            with services.write_lock, engine.begin() as conn:
+                versions = [_Version(*v) for v in _SQL.versions.run(conn, {"uid": uid}).fetchall()]
                 same = next((v for v in versions if v.sha256 == sha256), None)
                 if same is None:
                     conflict = bool(versions)
                     row = _row(fields, sha256, size, key, transfer_syntax_uid, origin, received_at, conflict)
                     _link(conn, row, services)
-                    row_id = conn.execute(_SQL.insert, row).scalar_one()
+                    row_id = int(_SQL.insert_direct.run(conn, row).fetchone()[0])
                     if conflict:
                         conn.execute(_SQL.mark_conflict, {"uid": uid})
-        except IntegrityError:
+        except (IntegrityError, engine.dialect.dbapi.IntegrityError):  # type: ignore[union-attr]
             continue  # the same object stored by another association at the same moment: look again
         except Exception as exc:  # noqa: BLE001 - database down or similar: refuse, keep nothing
             if created:
