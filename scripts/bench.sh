@@ -11,7 +11,7 @@ export USGI_DICOM_HOST=127.0.0.1 USGI_DICOM_PEERS=BENCHSCU,ECHOSCU USGI_LOG_LEVE
 export USGI_DICOM_PROCESSES="${USGI_DICOM_PROCESSES:-4}"
 unset USGI_DATABASE_URL USGI_IMAGE_STORE
 mkdir -p "$(dirname "$USGI_DATA_DIR")"
-trap 'scripts/bench-service.sh stop' EXIT
+trap 'scripts/bench-service.sh stop; rm -rf "$USGI_DATA_DIR.old"' EXIT
 echo "usgi-docs under test: $USGI_DICOM_PROCESSES receiver process(es), max PDU ${USGI_DICOM_MAX_PDU:-131072}, SQLite + file store (fsync)"
 bash "$BENCH_DIR/ingest_bench.sh" --host 127.0.0.1 --port "$USGI_DICOM_PORT" --aet USGI --name usgi-docs \
   --peers storescp,orthanc --reset-cmd "scripts/bench-service.sh restart" --count-cmd "scripts/bench-service.sh count" \

@@ -5,14 +5,17 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+from collections import namedtuple
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, overload
 
-from sqlalchemy import Engine, Select, create_engine, event, func, select
+from sqlalchemy import Column, Connection, Dialect, Engine, Select, bindparam, create_engine, event, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.types import TypeEngine
 
 
 def make_engine(url: str, synchronous: str = "FULL", **kwargs: Any) -> Engine:
@@ -129,3 +132,66 @@ def write_lock_for(engine: Engine) -> SqliteWriteLock | NoLock:
     if engine.dialect.name == "sqlite" and database and database != ":memory:":
         return SqliteWriteLock(Path(database))
     return NoLock()
+
+
+# --- statements on the hot path of ingest ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawConnection:
+    """A DBAPI connection (pool-proxied) and its dialect: what :class:`Direct` statements run on."""
+
+    dbapi: Any
+    dialect: Dialect
+
+    @classmethod
+    def of(cls, conn: Connection) -> RawConnection:
+        """The DBAPI connection under a SQLAlchemy connection, inside the same transaction."""
+        return cls(conn.connection, conn.dialect)
+
+
+class Direct:
+    """A text statement compiled once per dialect and run on the DBAPI cursor.
+
+    Ingest runs a handful of statements for every stored object. Through ``Connection.execute`` each costs
+    about 0.1 ms of CPU (result set-up, events, cache look-ups), as much as the statement itself; for a 45 KB
+    image the ingest's SQL took a third of its Python time. Values go through the type processors
+    SQLAlchemy itself would apply (dates on SQLite, booleans), and rows come back through its result
+    processors, so what is stored and read is the same either way.
+    """
+
+    def __init__(self, sql: str, params: dict[str, TypeEngine[Any]], result: Sequence[Column[Any]] = ()) -> None:
+        self._statement = text(sql).bindparams(*[bindparam(name, type_=t) for name, t in params.items()])
+        self._params = params
+        self._result = list(result)
+        self._row = namedtuple("_Row", [c.key for c in self._result]) if self._result else None  # type: ignore[misc]
+        self._by_dialect: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any], list[Any]]] = {}
+
+    def _compiled(self, dialect: Dialect) -> tuple[str, tuple[str, ...] | None, dict[str, Any], list[Any]]:
+        found = self._by_dialect.get(dialect.name)
+        if found is None:
+            compiled = self._statement.compile(dialect=dialect)
+            names = tuple(compiled.positiontup or ()) if compiled.positional else None
+            binds = {n: t.dialect_impl(dialect).bind_processor(dialect) for n, t in self._params.items()}
+            results = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in self._result]
+            found = (str(compiled), names, {n: p for n, p in binds.items() if p is not None}, results)
+            self._by_dialect[dialect.name] = found
+        return found
+
+    def execute(self, raw: RawConnection, values: dict[str, Any]) -> Any:
+        """Run it; returns the DBAPI cursor."""
+        sql, names, binds, _ = self._compiled(raw.dialect)
+        if binds:
+            values = {**values, **{n: p(values[n]) for n, p in binds.items()}}
+        cursor = raw.dbapi.cursor()
+        cursor.execute(sql, tuple(values[n] for n in names) if names is not None else values)
+        return cursor
+
+    def rows(self, raw: RawConnection, values: dict[str, Any]) -> list[Any]:
+        """Run it; returns its rows as named tuples of the result columns, values converted."""
+        assert self._row is not None, "a statement without result columns has no rows"
+        processors = self._compiled(raw.dialect)[3]
+        out = []
+        for row in self.execute(raw, values).fetchall():
+            out.append(self._row(*(p(v) if p is not None else v for p, v in zip(processors, row, strict=True))))
+        return out

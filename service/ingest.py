@@ -15,17 +15,16 @@ import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
-from sqlalchemy import Boolean, Connection, Dialect, Integer, bindparam, select, text, update
+from sqlalchemy import Engine, Integer, bindparam, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.types import TypeEngine
 
 from service.bootstrap import Services
-from service.db import stored_utc, unit_of_work
+from service.db import Direct, RawConnection, stored_utc, unit_of_work
 from service.dicom_header import Unsupported, read_header, walk_complete
 from service.dicom_index import IndexFields, NotIndexable, extract_index_fields
 from service.models import IngestCheckpoint, Instance
@@ -305,44 +304,6 @@ def ingest(
         path.unlink(missing_ok=True)
 
 
-class _Version(NamedTuple):
-    id: int
-    sha256: str
-    storage_key: str
-
-
-class _Direct:
-    """A statement compiled once per dialect and run on the connection's DBAPI cursor.
-
-    The ingest runs two statements per object; through ``Connection.execute`` each cost about 0.1 ms of CPU
-    (result set-up, events, cache look-ups), a tenth of the Python time of a 45 KB image. Values go through
-    the same type processors SQLAlchemy would apply, so what is stored is the same.
-    """
-
-    def __init__(self, sql: str, types: dict[str, TypeEngine[Any]]) -> None:
-        self._statement = text(sql).bindparams(*[bindparam(name, type_=t) for name, t in types.items()])
-        self._types = types
-        self._by_dialect: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
-
-    def _compiled(self, dialect: Dialect) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
-        found = self._by_dialect.get(dialect.name)
-        if found is None:
-            compiled = self._statement.compile(dialect=dialect)
-            names = tuple(compiled.positiontup or ()) if compiled.positional else None
-            processors = {n: t.dialect_impl(dialect).bind_processor(dialect) for n, t in self._types.items()}
-            found = (str(compiled), names, {n: p for n, p in processors.items() if p is not None})
-            self._by_dialect[dialect.name] = found
-        return found
-
-    def run(self, conn: Connection, values: dict[str, Any]) -> Any:
-        sql, names, processors = self._compiled(conn.dialect)
-        if processors:
-            values = {**values, **{n: p(values[n]) for n, p in processors.items()}}
-        cursor = conn.connection.cursor()
-        cursor.execute(sql, tuple(values[n] for n in names) if names is not None else values)
-        return cursor
-
-
 class _Statements:
     """The ingest path's SQL, built once: composing SQLAlchemy expressions per object cost ~1 ms of CPU."""
 
@@ -353,13 +314,16 @@ class _Statements:
         binds = ", ".join(f":{c.key}" for c in columns)
         insert = f"INSERT INTO instances ({names}) VALUES ({binds}) RETURNING id"
         self.insert = text(insert).bindparams(*[bindparam(c.key, type_=c.type) for c in columns]).columns(id=Integer)
-        self.insert_direct = _Direct(insert, {c.key: c.type for c in columns})
-        self.versions = _Direct(
+        self.insert_direct = Direct(insert, {c.key: c.type for c in columns})
+        uid_type = table.c.sop_instance_uid.type
+        self.versions = Direct(
             "SELECT id, sha256, storage_key FROM instances WHERE sop_instance_uid = :uid",
-            {"uid": table.c.sop_instance_uid.type},
+            {"uid": uid_type},
+            [table.c.id, table.c.sha256, table.c.storage_key],
         )
-        self.mark_conflict = text("UPDATE instances SET conflict = :yes WHERE sop_instance_uid = :uid").bindparams(
-            bindparam("yes", value=True, type_=Boolean)
+        self.mark_conflict = Direct(
+            "UPDATE instances SET conflict = :yes WHERE sop_instance_uid = :uid",
+            {"yes": table.c.conflict.type, "uid": uid_type},
         )
         self.empty_row = {c.key: None for c in columns}
 
@@ -425,17 +389,11 @@ def _index(
         return IngestResult(Outcome.STORE_FAILED, f"write failed: {exc.strerror}", no_space=exc.errno == 28)
     for _attempt in range(3):
         try:
-            with services.write_lock, engine.begin() as conn:
-                versions = [_Version(*v) for v in _SQL.versions.run(conn, {"uid": uid}).fetchall()]
-                same = next((v for v in versions if v.sha256 == sha256), None)
-                if same is None:
-                    conflict = bool(versions)
-                    row = _row(fields, sha256, size, key, transfer_syntax_uid, origin, received_at, conflict)
-                    _link(conn, row, services)
-                    row_id = int(_SQL.insert_direct.run(conn, row).fetchone()[0])
-                    if conflict:
-                        conn.execute(_SQL.mark_conflict, {"uid": uid})
-        except (IntegrityError, engine.dialect.dbapi.IntegrityError):  # type: ignore[union-attr]
+            with services.write_lock:
+                same, row_id, conflict = _write_row(
+                    engine, services, fields, sha256, size, key, transfer_syntax_uid, origin, received_at
+                )
+        except engine.dialect.dbapi.IntegrityError:  # type: ignore[union-attr]
             continue  # the same object stored by another association at the same moment: look again
         except Exception as exc:  # noqa: BLE001 - database down or similar: refuse, keep nothing
             if created:
@@ -461,17 +419,61 @@ def _index(
     return IngestResult(Outcome.STORE_FAILED, "the index could not be written (repeated conflicts)")
 
 
-def _link(conn: Connection, row: dict[str, object], services: Services) -> None:
+def _write_row(
+    engine: Engine,
+    services: Services,
+    fields: IndexFields,
+    sha256: str,
+    size: int,
+    key: str,
+    transfer_syntax_uid: str,
+    origin: Origin,
+    received_at: datetime,
+) -> tuple[Any, int | None, bool]:
+    """One transaction on a DBAPI connection of the pool: (the same version already indexed or None, the new
+    row's id, whether it is a second version). Raises what the driver raises; nothing is kept then."""
+    raw = RawConnection(engine.raw_connection(), engine.dialect)
+    try:
+        if raw.dialect.name == "sqlite":
+            # The connection is in autocommit mode (service.db); IMMEDIATE takes the write lock up front.
+            raw.dbapi.cursor().execute("BEGIN IMMEDIATE")
+        try:
+            versions = _SQL.versions.rows(raw, {"uid": fields.sop_instance_uid})
+            same = next((v for v in versions if v.sha256 == sha256), None)
+            row_id = None
+            conflict = bool(versions)
+            if same is None:
+                row = _row(fields, sha256, size, key, transfer_syntax_uid, origin, received_at, conflict)
+                _link(raw, row, services)
+                row_id = int(_SQL.insert_direct.execute(raw, row).fetchone()[0])
+                if conflict:
+                    _SQL.mark_conflict.execute(raw, {"yes": True, "uid": fields.sop_instance_uid})
+            raw.dbapi.commit()
+        except BaseException:
+            raw.dbapi.rollback()
+            raise
+    finally:
+        raw.dbapi.close()
+    return same, row_id, conflict
+
+
+def _link(raw: RawConnection, row: dict[str, object], services: Services) -> None:
     """Link the row in the ingest transaction, so one commit covers both. A failure here never costs the
     image: it is stored unlinked-pending (link_status NULL) and linked at the next start or report change."""
     try:
-        if conn.dialect.name == "sqlite":
+        if raw.dialect.name == "sqlite":
             # Linking only reads, and a failed read leaves a SQLite transaction as it was: no savepoint needed.
-            row.update(link_columns(conn, row, services.link_settings))
+            row.update(link_columns(raw, row, services.link_settings))
         else:
             # On PostgreSQL any failed statement aborts the whole transaction unless a savepoint contains it.
-            with conn.begin_nested():
-                row.update(link_columns(conn, row, services.link_settings))
+            cursor = raw.dbapi.cursor()
+            cursor.execute("SAVEPOINT usgi_link")
+            try:
+                row.update(link_columns(raw, row, services.link_settings))
+            except BaseException:
+                cursor.execute("ROLLBACK TO SAVEPOINT usgi_link")
+                raise
+            cursor.execute("RELEASE SAVEPOINT usgi_link")
     except Exception as exc:  # noqa: BLE001 - the type only: a message could carry patient data
         log.error("linking a new image failed (%s); it waits for the next linker run", type(exc).__name__)
 

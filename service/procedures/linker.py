@@ -17,10 +17,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from sqlalchemy import Connection, or_, select, text
+from sqlalchemy import or_, select, text
 from sqlalchemy.orm import Session
 
 from service.config import Settings
+from service.db import Direct, RawConnection
 from service.models import Instance, Procedure
 from service.procedures.linking import (
     ImageFacts,
@@ -37,12 +38,22 @@ _FACT_COLUMNS = (
     "id, accession_number, study_instance_uid, encounter_id, patient_id, laterality, "
     "scheduled_at, started_at, injected_at, ended_at, created_at"
 )
-# One statement, prebuilt: the ingest path runs it once per stored object.
-_CANDIDATES = text(
+_PROCEDURES = Procedure.__table__.c
+# Prebuilt and run on the DBAPI cursor (service.db.Direct): the ingest path runs it once per stored object.
+_CANDIDATES = Direct(
     f"SELECT {_FACT_COLUMNS}, status FROM procedures WHERE status <> 'cancelled' AND ("
-    "accession_number = :acc OR study_instance_uid = :study OR encounter_id = :adm OR patient_id = :pid)"
-).columns(*(Procedure.__table__.c[name.strip()] for name in f"{_FACT_COLUMNS}, status".split(",")))
-_START = text("UPDATE procedures SET status = 'in_progress' WHERE id = :id AND status = 'scheduled'")
+    "accession_number = :acc OR study_instance_uid = :study OR encounter_id = :adm OR patient_id = :pid)",
+    {
+        "acc": _PROCEDURES.accession_number.type,
+        "study": _PROCEDURES.study_instance_uid.type,
+        "adm": _PROCEDURES.encounter_id.type,
+        "pid": _PROCEDURES.patient_id.type,
+    },
+    [_PROCEDURES[name.strip()] for name in f"{_FACT_COLUMNS}, status".split(",")],
+)
+_START = Direct(
+    "UPDATE procedures SET status = 'in_progress' WHERE id = :id AND status = 'scheduled'", {"id": _PROCEDURES.id.type}
+)
 _INJECTED = text("SELECT injected_at FROM procedures WHERE id = :id").columns(Procedure.__table__.c.injected_at)
 
 
@@ -88,7 +99,7 @@ def procedure_facts(row: Any) -> ProcedureFacts:
     )
 
 
-def candidates(conn: Connection, image: ImageFacts) -> list[Any]:
+def candidates(raw: RawConnection, image: ImageFacts) -> list[Any]:
     if not (image.accession_number or image.study_instance_uid or image.admission_id or image.patient_id):
         return []
     params = {
@@ -97,7 +108,7 @@ def candidates(conn: Connection, image: ImageFacts) -> list[Any]:
         "adm": image.admission_id,
         "pid": image.patient_id,
     }
-    return list(conn.execute(_CANDIDATES, params).all())
+    return _CANDIDATES.rows(raw, params)
 
 
 def role_columns(values: Mapping[str, Any], injected_at: datetime | None, ls: LinkSettings) -> dict[str, str | None]:
@@ -112,18 +123,18 @@ def role_columns(values: Mapping[str, Any], injected_at: datetime | None, ls: Li
     return {"image_role": decision.role.value, "role_source": decision.source, "role_reason": decision.reason[:200]}
 
 
-def link_columns(conn: Connection, values: Mapping[str, Any], ls: LinkSettings) -> dict[str, Any]:
+def link_columns(raw: RawConnection, values: Mapping[str, Any], ls: LinkSettings) -> dict[str, Any]:
     """The link and role columns of a row about to be written (or rewritten), and the side effect on its
     procedure: a scheduled procedure whose first image arrives is in progress."""
     image = image_facts(values)
-    rows = candidates(conn, image)
+    rows = candidates(raw, image)
     decision = decide(image, [procedure_facts(r) for r in rows], ls.window, ls.zone)
     out = _decision_columns(decision)
     if decision.status is LinkStatus.LINKED:
         proc = next(r for r in rows if r.id == decision.procedure_id)
         out.update(role_columns(values, proc.injected_at, ls))
         if proc.status == "scheduled":
-            conn.execute(_START, {"id": proc.id})
+            _START.execute(raw, {"id": proc.id})
     else:
         out.update(image_role=None, role_source=None, role_reason=None)
     return out
@@ -152,7 +163,7 @@ def relink_rows(session: Session, rows: Iterable[Instance], ls: LinkSettings) ->
                 injected = conn.execute(_INJECTED, {"id": row.procedure_id}).scalar()
                 changed += _apply(row, role_columns(_values(row), injected, ls))
             continue
-        columns = link_columns(conn, _values(row), ls)
+        columns = link_columns(RawConnection.of(conn), _values(row), ls)
         if row.role_source == "manual" and columns["procedure_id"] == row.procedure_id:
             for key in ("image_role", "role_source", "role_reason"):
                 columns.pop(key, None)
