@@ -165,26 +165,28 @@ class Direct:
         self._params = params
         self._result = list(result)
         self._row = namedtuple("_Row", [c.key for c in self._result]) if self._result else None  # type: ignore[misc]
-        self._by_dialect: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any], list[Any]]] = {}
+        self._by_dialect: dict[str, tuple[str, list[tuple[str, Any]] | None, dict[str, Any], list[Any]]] = {}
 
-    def _compiled(self, dialect: Dialect) -> tuple[str, tuple[str, ...] | None, dict[str, Any], list[Any]]:
+    def _compiled(self, dialect: Dialect) -> tuple[str, list[tuple[str, Any]] | None, dict[str, Any], list[Any]]:
         found = self._by_dialect.get(dialect.name)
         if found is None:
             compiled = self._statement.compile(dialect=dialect)
-            names = tuple(compiled.positiontup or ()) if compiled.positional else None
             binds = {n: t.dialect_impl(dialect).bind_processor(dialect) for n, t in self._params.items()}
+            # Positional drivers (sqlite3): each parameter's name and processor, in order.
+            order = [(n, binds[n]) for n in compiled.positiontup or ()] if compiled.positional else None
             results = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in self._result]
-            found = (str(compiled), names, {n: p for n, p in binds.items() if p is not None}, results)
+            found = (str(compiled), order, {n: p for n, p in binds.items() if p is not None}, results)
             self._by_dialect[dialect.name] = found
         return found
 
     def execute(self, raw: RawConnection, values: dict[str, Any]) -> Any:
         """Run it; returns the DBAPI cursor."""
-        sql, names, binds, _ = self._compiled(raw.dialect)
-        if binds:
-            values = {**values, **{n: p(values[n]) for n, p in binds.items()}}
+        sql, order, binds, _ = self._compiled(raw.dialect)
         cursor = raw.dbapi.cursor()
-        cursor.execute(sql, tuple(values[n] for n in names) if names is not None else values)
+        if order is not None:
+            cursor.execute(sql, tuple(values[n] if p is None else p(values[n]) for n, p in order))
+        else:
+            cursor.execute(sql, {**values, **{n: p(values[n]) for n, p in binds.items()}} if binds else values)
         return cursor
 
     def rows(self, raw: RawConnection, values: dict[str, Any]) -> list[Any]:

@@ -6,6 +6,7 @@ store's temp folder. Only when this returns ``stored`` or ``duplicate`` may the 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import logging
@@ -92,7 +93,8 @@ def _walkable(transfer_syntax_uid: str) -> bool:
 class Received:
     """A complete Part 10 file in the store's temp folder, and what its receiver already knows of it."""
 
-    path: Path
+    path: str
+    """Where it is (a string: on the hot path pathlib costs more than the rest of the bookkeeping)."""
     head: bytes
     """The file's first bytes (preamble and file meta included): all of it, or at least ``HEAD_BYTES``."""
     sha256: str
@@ -107,7 +109,7 @@ class Received:
         return self.size == len(self.head)
 
 
-def read_received(path: Path) -> Received:
+def read_received(path: Path | str) -> Received:
     """Read a file once for its head, SHA-256 (file meta excluded) and size."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -117,7 +119,7 @@ def read_received(path: Path) -> Received:
         while chunk := f.read(1 << 20):
             h.update(chunk)
             size += len(chunk)
-    return Received(path, head, h.hexdigest(), size)
+    return Received(os.fspath(path), head, h.hexdigest(), size)
 
 
 def index_fields(received: Received, transfer_syntax_uid: str) -> IndexFields:
@@ -133,7 +135,7 @@ def index_fields(received: Received, transfer_syntax_uid: str) -> IndexFields:
             raise Unsupported("walk on disk")
         pixels = walk_complete(head, dataset_offset(head), implicit=transfer_syntax_uid == "1.2.840.10008.1.2")
     except Unsupported:
-        pixels = check_complete(path, transfer_syntax_uid)
+        pixels = check_complete(Path(path), transfer_syntax_uid)
     try:
         fields = extract_index_fields(read_header(head, complete=received.whole))
     except NotIndexable:
@@ -258,7 +260,7 @@ def ingest_file(
     try:
         received = read_received(path)
     except Exception as exc:  # noqa: BLE001 - any parse failure of foreign bytes is "cannot understand"
-        path.unlink(missing_ok=True)
+        _remove(path)
         return IngestResult(Outcome.UNREADABLE, f"dataset could not be parsed: {type(exc).__name__}")
     return ingest(services, received, origin, transfer_syntax_uid, expected_sop_class_uid, expected_sop_instance_uid)
 
@@ -301,7 +303,12 @@ def ingest(
 
         return _index(services, path, fields, received.sha256, received.size, transfer_syntax_uid, origin)
     finally:
-        path.unlink(missing_ok=True)
+        _remove(path)
+
+
+def _remove(path: str | Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 class _Statements:

@@ -8,6 +8,7 @@ tree per object.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from datetime import date
@@ -21,7 +22,7 @@ class ImageStore(Protocol):
     """What the service needs of an image store (FileStore now; an object store when scaled out)."""
 
     def temp_dir(self) -> Path: ...
-    def commit_file(self, tmp_path: Path, sha256: str, day: date) -> tuple[str, bool]: ...
+    def commit_file(self, tmp_path: Path | str, sha256: str, day: date) -> tuple[str, bool]: ...
     def restore_file(self, tmp_path: Path, key: str) -> None: ...
     def remove(self, key: str) -> None: ...
     def open(self, key: str) -> BinaryIO: ...
@@ -65,7 +66,7 @@ class FileStore:
     def temp_dir(self) -> Path:
         return self._tmp
 
-    def commit_file(self, tmp_path: Path, sha256: str, day: date) -> tuple[str, bool]:
+    def commit_file(self, tmp_path: Path | str, sha256: str, day: date) -> tuple[str, bool]:
         """Move an fsync'd temp file into place. Returns (key, created); identical content already stored is kept."""
         key = self.key_for(sha256, day)
         # Plain strings: this runs once per received object, and pathlib costs several times more.
@@ -75,7 +76,8 @@ class FileStore:
             self._make_dirs(Path(parent))
             self._known_dirs.add(parent)
         if os.path.exists(dest):
-            tmp_path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_path)
             return key, False
         os.replace(tmp_path, dest)
         _fsync_dir(parent)

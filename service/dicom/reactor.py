@@ -59,15 +59,14 @@ def _dul_wait(dul: DULServiceProvider, delay: float) -> None:
         return
     r, _w = _pipe(dul)
     try:
-        select.select([sock, r], [], [], MAX_WAIT)
+        ready, _, _ = select.select([sock, r], [], [], MAX_WAIT)
     except (OSError, ValueError):
         time.sleep(delay)
         return
-    try:
-        while os.read(r, 512):
-            pass
-    except BlockingIOError:
-        pass
+    if r in ready:
+        # Wake-ups are one byte each: 512 drains any realistic backlog; a rest only means one more early wake.
+        with contextlib.suppress(BlockingIOError):
+            os.read(r, 512)
 
 
 def _association_wait(assoc: Association, delay: float) -> None:

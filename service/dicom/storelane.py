@@ -127,7 +127,7 @@ class _Transfer:
     transfer_syntax: str
     command: StoreCommand
     fd: int
-    path: Path
+    path: str
     head: bytearray
     sha256: Any = field(default_factory=hashlib.sha256)
     size: int = 0
@@ -145,7 +145,8 @@ class _Transfer:
     def discard(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
 
 def _write_all(fd: int, data: memoryview | bytes) -> None:
@@ -194,7 +195,9 @@ class _Lane:
         self.dul = dul
         self.assoc = dul.assoc
         self.store = store
-        self.temp_dir = temp_dir
+        # A name unique in this process's temp folder: the process id and a counter (mkstemp's random names
+        # cost more, and nothing else writes there).
+        self.temp_prefix = os.path.join(temp_dir, f"lane-{os.getpid()}-")
 
     def read_pdu(self) -> None:
         dul = self.dul
@@ -285,7 +288,7 @@ class _Lane:
         return str(cx.transfer_syntax[0])
 
     def _open(self, context_id: int, transfer_syntax: str, command: StoreCommand) -> _Transfer:
-        path = self.temp_dir / f"lane-{os.getpid()}-{next(_names)}.dcm"
+        path = f"{self.temp_prefix}{next(_names)}.dcm"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         meta = fastpath.FileMeta(command.sop_class_uid, command.sop_instance_uid, transfer_syntax)
         head = bytearray(PREAMBLE + fastpath.encode_file_meta(meta))
