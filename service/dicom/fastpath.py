@@ -9,6 +9,7 @@ outside the layout falls back to pynetdicom's own path; tests compare both encod
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
 from typing import Any, BinaryIO, NamedTuple
@@ -82,17 +83,24 @@ def _explicit(group: int, element: int, vr: bytes, value: bytes) -> bytes:
 
 def encode_file_meta(meta: FileMeta) -> bytes:
     """The file meta information group (PS3.10 §7.1), from its group length on (no preamble)."""
-    body = b"".join(
+    before, after = _meta_parts(meta.sop_class_uid, meta.transfer_syntax_uid)
+    instance = _explicit(0x0002, 0x0003, b"UI", _pad_uid(meta.sop_instance_uid))
+    length = len(before) + len(instance) + len(after)
+    return _explicit(0x0002, 0x0000, b"UL", struct.pack("<I", length)) + before + instance + after
+
+
+@functools.lru_cache(maxsize=256)
+def _meta_parts(sop_class_uid: str, transfer_syntax_uid: str) -> tuple[bytes, bytes]:
+    # Everything but the instance UID repeats from object to object: encoded once per class and syntax.
+    before = _explicit(0x0002, 0x0001, b"OB", b"\x00\x01") + _explicit(0x0002, 0x0002, b"UI", _pad_uid(sop_class_uid))
+    after = b"".join(
         (
-            _explicit(0x0002, 0x0001, b"OB", b"\x00\x01"),
-            _explicit(0x0002, 0x0002, b"UI", _pad_uid(meta.sop_class_uid)),
-            _explicit(0x0002, 0x0003, b"UI", _pad_uid(meta.sop_instance_uid)),
-            _explicit(0x0002, 0x0010, b"UI", _pad_uid(meta.transfer_syntax_uid)),
+            _explicit(0x0002, 0x0010, b"UI", _pad_uid(transfer_syntax_uid)),
             _explicit(0x0002, 0x0012, b"UI", _pad_uid(IMPLEMENTATION_CLASS_UID)),
             _explicit(0x0002, 0x0013, b"SH", _pad_text(IMPLEMENTATION_VERSION_NAME)),
         )
     )
-    return _explicit(0x0002, 0x0000, b"UL", struct.pack("<I", len(body))) + body
+    return before, after
 
 
 def create_file_meta(*, sop_class_uid: Any, sop_instance_uid: Any, transfer_syntax: Any, **_: Any) -> FileMeta:
