@@ -29,17 +29,32 @@ start() {
   .venv/bin/usgi serve >>"$USGI_DATA_DIR.log" 2>&1 &
   echo $! >"$PIDFILE"
   for _ in $(seq 100); do
-    echoscu -aet ECHOSCU -aec "${USGI_AE_TITLE:-USGI}" 127.0.0.1 "$USGI_DICOM_PORT" 2>/dev/null && return 0
+    if echoscu -aet ECHOSCU -aec "${USGI_AE_TITLE:-USGI}" 127.0.0.1 "$USGI_DICOM_PORT" 2>/dev/null; then
+      cpu_ticks >"$USGI_DATA_DIR.cpu0"  # start-up (imports, migrations) is not the ingest's
+      return 0
+    fi
     sleep 0.1
   done
   echo "usgi serve did not answer C-ECHO" >&2; exit 1
+}
+
+# User + system CPU clock ticks of `usgi serve` and its receiver processes.
+cpu_ticks() {
+  local pid total=0 fields
+  pid=$(cat "$PIDFILE")
+  for p in $pid $(pgrep -P "$pid" || true); do
+    read -r -a fields <"/proc/$p/stat" || continue
+    total=$((total + fields[13] + fields[14]))
+  done
+  echo "$total"
 }
 
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
   restart) stop; start ;;
-  count) .venv/bin/python - <<'PY'
+  count)
+    n=$(.venv/bin/python - <<'PY'
 from sqlalchemy import func, select
 from service.bootstrap import build_services
 from service.config import Settings
@@ -48,6 +63,12 @@ svc = build_services(Settings.from_env())
 with svc.session_factory() as s:
     print(s.scalar(select(func.count(Instance.id))))
 PY
-  ;;
+)
+    # The service's CPU per stored object for this send, for scripts/bench.sh to print at the end.
+    ticks=$(($(cpu_ticks) - $(cat "$USGI_DATA_DIR.cpu0")))
+    awk -v n="$n" -v t="$ticks" -v hz="$(getconf CLK_TCK)" \
+      'BEGIN { printf "%d objects, %.2f ms CPU per object\n", n, (n ? t * 1000 / hz / n : 0) }' >>"$USGI_DATA_DIR.cpu.log"
+    echo "$n"
+    ;;
   *) echo "usage: $0 start|stop|restart|count" >&2; exit 2 ;;
 esac

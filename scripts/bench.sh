@@ -13,7 +13,10 @@ unset USGI_DATABASE_URL USGI_IMAGE_STORE
 mkdir -p "$(dirname "$USGI_DATA_DIR")"
 trap 'scripts/bench-service.sh stop; rm -rf "$USGI_DATA_DIR.old"' EXIT
 echo "usgi-docs under test: $USGI_DICOM_PROCESSES receiver process(es), max PDU ${USGI_DICOM_MAX_PDU:-131072}, SQLite + file store (fsync)"
+rm -f "$USGI_DATA_DIR.cpu.log"
 bash "$BENCH_DIR/ingest_bench.sh" --host 127.0.0.1 --port "$USGI_DICOM_PORT" --aet USGI --name usgi-docs \
   --peers storescp,orthanc --reset-cmd "scripts/bench-service.sh restart" --count-cmd "scripts/bench-service.sh count" \
   --sets "${BENCH_SETS:-single_jpeg,cine_jpeg}" --parallel "${BENCH_PARALLEL:-1,4}" --repeats "${BENCH_REPEATS:-3}" \
   --out-md "${BENCH_OUT_MD:-/tmp/usgi-bench/results.md}" "$@"
+echo "usgi-docs CPU per object (all its processes), one line per send in the order of the log above:"
+cat "$USGI_DATA_DIR.cpu.log"

@@ -30,6 +30,17 @@ def _int(environ: Mapping[str, str], name: str, default: int, lo: int, hi: int) 
     return value
 
 
+def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "on", "true", "yes"):
+        return True
+    if raw in ("0", "off", "false", "no"):
+        return False
+    raise ConfigError(f"{name}={raw!r} must be on or off")
+
+
 def _seconds(environ: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
     raw = environ.get(name, "").strip()
     if not raw:
@@ -116,6 +127,7 @@ class Settings:
     dicom_max_pdu: int = 131072
     dicom_processes: int = 1
     dicom_network_timeout: int = 60
+    dicom_store_lane: bool = True
     ehr_fhir_base: str = ""
     payer_rules: str = "us-cms"
     log_level: str = "INFO"
@@ -185,6 +197,7 @@ class Settings:
             dicom_max_pdu=_int(env, "USGI_DICOM_MAX_PDU", 131072, 0, 2**32 - 1),
             dicom_processes=processes,
             dicom_network_timeout=_int(env, "USGI_DICOM_NETWORK_TIMEOUT", 60, 1, 3600),
+            dicom_store_lane=_switch(env, "USGI_DICOM_STORE_LANE", True),
             ehr_fhir_base=ehr,
             payer_rules=payer_rules,
             log_level=log_level,

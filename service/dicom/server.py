@@ -144,8 +144,9 @@ class DicomServer:
         self.ae.dimse_timeout = settings.dicom_network_timeout
         for uid in _NON_STORAGE_CLASSES:
             self.ae.add_supported_context(uid, _NON_STORAGE_SYNTAXES)
-        self.ae.store_lane = functools.partial(handlers.store_lane, services)
-        self.ae.store_lane_temp_dir = services.store.temp_dir()
+        if settings.dicom_store_lane:
+            self.ae.store_lane = functools.partial(handlers.store_lane, services)
+            self.ae.store_lane_temp_dir = services.store.temp_dir()
         self._reuse_port = reuse_port
         # Of several receiver processes only one resends undelivered commitment reports at start.
         self._resume_commitments = resume_commitments

@@ -8,6 +8,7 @@ protocol aborts the association and leaves nothing behind; what the lane does no
 
 from __future__ import annotations
 
+import subprocess
 import time
 from io import BytesIO
 from pathlib import Path
@@ -22,7 +23,7 @@ from pynetdicom.dsutils import encode
 from sqlalchemy import select
 
 from service.models import Instance
-from tests.dicomutil import dataset_bytes, restamp, sha256, vendor_path
+from tests.dicomutil import dataset_bytes, restamp, sha256, storescu_cmd, vendor_path
 from tests.integration.test_dicom_bad_input import _echo_on_new_association, _store_files, _wait_until
 
 CONTEXTS = [(UltrasoundImageStorage, ExplicitVRLittleEndian), (SecondaryCaptureImageStorage, ExplicitVRLittleEndian)]
@@ -173,3 +174,34 @@ def test_a_peer_whose_maximum_pdu_cannot_hold_the_response_gets_it_in_fragments(
         _assert_stored(services, uid, data)
     finally:
         assoc.release()
+
+
+@pytest.fixture
+def server_without_lane(services):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from service.dicom.server import DicomServer
+
+    services.settings = replace(services.settings, dicom_store_lane=False)
+    server = DicomServer(services)
+    server.start()
+    yield server
+    server.stop(grace_seconds=2)
+
+
+def test_with_the_lane_switched_off_pynetdicom_stores_the_same(server_without_lane, services, tmp_path, dcmtk):
+    path, uid, data = _image(tmp_path)
+    assoc = _associate(server_without_lane.port)
+    try:
+        assert int(assoc.send_c_store(path).Status) == 0x0000
+    finally:
+        assoc.release()
+    _assert_stored(services, uid, data)
+    other, other_uid, _ = _image(tmp_path)
+    cmd = storescu_cmd(dcmtk["storescu"], server_without_lane.port, other)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60, env={"TCP_NODELAY": "1"})
+    # storescu may re-encode what it sends: the stored object must be what arrived, as indexed.
+    with services.session_factory() as s:
+        row = s.scalars(select(Instance).where(Instance.sop_instance_uid == other_uid)).one()
+    assert sha256(dataset_bytes(services.store.path(row.storage_key))) == row.sha256
+    assert row.calling_ae_title == "STORESCU"

@@ -53,6 +53,7 @@ def test_every_variable_is_parsed():
         "USGI_DICOM_MAX_PDU": "0",
         "USGI_DICOM_PROCESSES": "4",
         "USGI_DICOM_NETWORK_TIMEOUT": "15",
+        "USGI_DICOM_STORE_LANE": "Off",
         "USGI_SHUTDOWN_GRACE_SECONDS": "5",
         "USGI_EHR_FHIR_BASE": "https://ehr.example/fhir/",
         "USGI_IDENTIFIER_SYSTEM": "https://clinic.example/id",
@@ -71,6 +72,7 @@ def test_every_variable_is_parsed():
     assert s.dicom_max_pdu == 0
     assert s.dicom_processes == 4
     assert s.dicom_network_timeout == 15
+    assert s.dicom_store_lane is False
     assert s.shutdown_grace_seconds == 5
     assert s.ehr_fhir_base == "https://ehr.example/fhir"
     assert s.payer_rules == "uk-nhs"
@@ -97,6 +99,7 @@ def test_from_env_reads_the_process_environment(monkeypatch):
         ("USGI_DICOM_MAX_PDU", "-5"),
         ("USGI_DICOM_PROCESSES", "65"),
         ("USGI_DICOM_NETWORK_TIMEOUT", "0"),
+        ("USGI_DICOM_STORE_LANE", "sometimes"),
         ("USGI_SHUTDOWN_GRACE_SECONDS", "forever"),
         ("USGI_AE_TITLE", "A" * 17),
         ("USGI_AE_TITLE", "US\\GI"),
@@ -142,7 +145,8 @@ def test_describe_masks_the_password_of_a_postgres_url():
     assert set(described) == {
         "data_dir", "database_url", "image_store", "http_host", "http_port", "dicom_host", "dicom_port",
         "ae_title", "dicom_peers", "dicom_max_associations", "dicom_max_pdu", "dicom_processes",
-        "dicom_network_timeout", "ehr_fhir_base", "payer_rules", "log_level", "shutdown_grace_seconds",
+        "dicom_network_timeout", "dicom_store_lane", "ehr_fhir_base", "payer_rules", "log_level",
+        "shutdown_grace_seconds",
         "public_url", "identifier_system", "link_window_hours", "timezone", "role_keywords",
         "push_timeout_seconds", "push_backoff_seconds", "push_backoff_max_seconds",
         "push_max_entries",
@@ -204,3 +208,8 @@ def test_pushing_to_an_ehr_needs_an_identifier_system_of_our_own():
         Settings.from_env({"USGI_EHR_FHIR_BASE": "https://ehr.example/fhir"})
     s = Settings.from_env({"USGI_EHR_FHIR_BASE": "https://ehr.example/fhir", "USGI_IDENTIFIER_SYSTEM": "urn:oid:1.2.3"})
     assert s.ehr_fhir_base == "https://ehr.example/fhir" and s.push_max_entries == 8
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", True), ("on", True), ("1", True), ("no", False), ("0", False)])
+def test_the_store_lane_switch(value, expected):
+    assert Settings.from_env({"USGI_DICOM_STORE_LANE": value}).dicom_store_lane is expected
