@@ -65,9 +65,12 @@ with svc.session_factory() as s:
 PY
 )
     # The service's CPU per stored object for this send, for scripts/bench.sh to print at the end.
-    ticks=$(($(cpu_ticks) - $(cat "$USGI_DATA_DIR.cpu0")))
-    awk -v n="$n" -v t="$ticks" -v hz="$(getconf CLK_TCK)" \
-      'BEGIN { printf "%d objects, %.2f ms CPU per object\n", n, (n ? t * 1000 / hz / n : 0) }' >>"$USGI_DATA_DIR.cpu.log"
+    # (The driver also counts before each send, expecting 0: nothing to report then.)
+    if [[ $n -gt 0 ]]; then
+      ticks=$(($(cpu_ticks) - $(cat "$USGI_DATA_DIR.cpu0")))
+      awk -v n="$n" -v t="$ticks" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { printf "%d objects, %.2f ms CPU per object\n", n, t * 1000 / hz / n }' >>"$USGI_DATA_DIR.cpu.log"
+    fi
     echo "$n"
     ;;
   *) echo "usage: $0 start|stop|restart|count" >&2; exit 2 ;;

@@ -155,8 +155,20 @@ def _write_all(fd: int, data: memoryview | bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+_PREALLOCATE = 4 << 20
+
+
 def _recv_exact(sock: Any, n: int) -> bytearray:
     """Up to ``n`` bytes: fewer only when the peer closed the connection."""
+    if n > _PREALLOCATE:
+        # A length this large is announced, not yet received: grow with what arrives, as pynetdicom does.
+        grown = bytearray()
+        while len(grown) < n:
+            chunk = sock.recv(min(n - len(grown), 1 << 20))
+            if not chunk:
+                break
+            grown += chunk
+        return grown
     buf = bytearray(n)
     got = 0
     with memoryview(buf) as view:
@@ -179,7 +191,11 @@ def send_lock(assoc: Any) -> threading.Lock:
 
 
 def discard(dul: Any) -> bool:
-    """Remove the partial data set of an interrupted transfer, if there is one."""
+    """Remove the partial data set of an interrupted transfer, if there is one.
+
+    Called on EVT_CONN_CLOSE, which pynetdicom triggers from the DUL thread (its state machine or reader),
+    so never while that thread is writing the transfer.
+    """
     transfer: _Transfer | None = getattr(dul, "_usgi_transfer", None)
     if transfer is None:
         return False

@@ -205,3 +205,21 @@ def test_with_the_lane_switched_off_pynetdicom_stores_the_same(server_without_la
         row = s.scalars(select(Instance).where(Instance.sop_instance_uid == other_uid)).one()
     assert sha256(dataset_bytes(services.store.path(row.storage_key))) == row.sha256
     assert row.calling_ae_title == "STORESCU"
+
+
+def test_a_pdu_announced_far_longer_than_it_is_ends_only_its_association(dicom_server, services, tmp_path):
+    import socket
+
+    _, uid, data = _image(tmp_path)
+    assoc = _associate(dicom_server.port)
+    cx = _cx(assoc, UltrasoundImageStorage)
+    # A transfer in flight, then a PDU that announces 64 MiB and sends a few bytes before the peer goes away.
+    assoc.dul.socket.send(_pdu((cx, 0x03, _command(UltrasoundImageStorage, uid)), (cx, 0x00, data[:5000])))
+    assoc.dul.socket.send(b"\x04\x00" + (64 << 20).to_bytes(4, "big") + b"\x00" * 1000)
+    raw = assoc.dul.socket.socket
+    raw.shutdown(socket.SHUT_WR)
+    assert _wait_until(lambda: dicom_server.active_associations() == 0, 5), "the association was not ended"
+    assoc.abort()
+    raw.close()
+    assert _store_files(services) == ([], []), "the partial data set was left behind"
+    _echo_on_new_association(dicom_server.port)
