@@ -24,6 +24,7 @@ ours never interleave; otherwise ours is queued behind them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import logging
@@ -41,6 +42,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
 from service.dicom import fastpath
+from service.dicom import status as st
 from service.ingest import HEAD_BYTES, Received
 
 log = logging.getLogger("service.dicom")
@@ -131,9 +133,17 @@ class _Transfer:
     head: bytearray
     sha256: Any = field(default_factory=hashlib.sha256)
     size: int = 0
+    error: OSError | None = None
+    """Why the data set could not be written (a full disk): the rest is read and dropped, then answered."""
 
     def write(self, data: memoryview) -> None:
-        _write_all(self.fd, data)
+        if self.error is not None:
+            return
+        try:
+            _write_all(self.fd, data)
+        except OSError as exc:
+            self.error = exc
+            return
         self.sha256.update(data)
         if len(self.head) < HEAD_BYTES:
             self.head += data[: HEAD_BYTES - len(self.head)]
@@ -142,9 +152,14 @@ class _Transfer:
     def received(self) -> Received:
         return Received(self.path, bytes(self.head), self.sha256.hexdigest(), self.size, self.fd)
 
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
     def discard(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        self.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -305,22 +320,29 @@ class _Lane:
 
     def _open(self, context_id: int, transfer_syntax: str, command: StoreCommand) -> _Transfer:
         path = f"{self.temp_prefix}{next(_names)}.dcm"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         meta = fastpath.FileMeta(command.sop_class_uid, command.sop_instance_uid, transfer_syntax)
         head = bytearray(PREAMBLE + fastpath.encode_file_meta(meta))
-        transfer = _Transfer(context_id, transfer_syntax, command, fd, path, head, size=len(head))
+        transfer = _Transfer(context_id, transfer_syntax, command, -1, path, head, size=len(head))
         try:
-            _write_all(fd, head)
-        except OSError:
-            transfer.discard()
-            raise
+            transfer.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            _write_all(transfer.fd, head)
+        except OSError as exc:
+            transfer.error = exc
         return transfer
 
     def _finish(self, transfer: _Transfer) -> None:
-        try:
-            status, comment = self.store(self.assoc, transfer.received(), transfer.transfer_syntax, transfer.command)
-        finally:
-            os.close(transfer.fd)
+        if transfer.error is not None:
+            transfer.discard()
+            status, comment = _write_failure(transfer.error)
+            log.error("C-STORE from %s: the data set could not be written (%s)", self.assoc.requestor.ae_title,
+                      transfer.error.strerror)  # fmt: skip
+        else:
+            try:
+                status, comment = self.store(
+                    self.assoc, transfer.received(), transfer.transfer_syntax, transfer.command
+                )
+            finally:
+                transfer.close()
         if not self.assoc.is_established:
             return
         rsp = encode_store_rsp(transfer.command, status, comment)
@@ -350,6 +372,12 @@ class _Lane:
 
 class _ProtocolError(Exception):
     pass
+
+
+def _write_failure(exc: OSError) -> tuple[int, str]:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return st.OUT_OF_RESOURCES, "out of storage space"
+    return st.PROCESSING_FAILURE, "the data set could not be written"
 
 
 NON_STORAGE_CLASSES: frozenset[str] = frozenset()

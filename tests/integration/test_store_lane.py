@@ -8,6 +8,7 @@ protocol aborts the association and leaves nothing behind; what the lane does no
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from io import BytesIO
@@ -182,7 +183,7 @@ def server_without_lane(services):  # type: ignore[no-untyped-def]
 
     from service.dicom.server import DicomServer
 
-    services.settings = replace(services.settings, dicom_store_lane=False)
+    services.settings = replace(services.settings)
     server = DicomServer(services)
     server.start()
     yield server
@@ -223,3 +224,44 @@ def test_a_pdu_announced_far_longer_than_it_is_ends_only_its_association(dicom_s
     raw.close()
     assert _store_files(services) == ([], []), "the partial data set was left behind"
     _echo_on_new_association(dicom_server.port)
+
+
+@pytest.fixture
+def full_disk(tmp_path):  # type: ignore[no-untyped-def]
+    """An image store on a 1 MiB tmpfs (a real full disk; mounting needs root, as in CI)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_is_answered_out_of_resources_and_the_association_goes_on(full_disk, tmp_path):
+    from service.bootstrap import build_services
+    from service.config import Settings
+    from service.dicom.server import DicomServer
+    from service.migrate import upgrade
+
+    settings = Settings.for_tests(tmp_path, image_store=f"file://{full_disk / 'images'}")
+    services = build_services(settings)
+    upgrade(services.engine)
+    server = DicomServer(services)
+    server.start()
+    try:
+        path, uid, data = _image(tmp_path)
+        filler = full_disk / "filler"
+        free = os.statvfs(full_disk).f_bavail * os.statvfs(full_disk).f_frsize
+        filler.write_bytes(b"\0" * (free - 4096))  # room for the file meta, not for the data set
+        assoc = _associate(server.port)
+        try:
+            assert int(assoc.send_c_store(path).Status) == 0xA700
+            assert _store_files(services) == ([], []), "a partial object was left on the full disk"
+            filler.unlink()
+            assert int(assoc.send_c_store(path).Status) == 0x0000, "the same association cannot store again"
+        finally:
+            assoc.release()
+        _assert_stored(services, uid, data)
+    finally:
+        server.stop(grace_seconds=2)
+        services.close()
