@@ -52,10 +52,12 @@ class Instance(Base):
     """One stored DICOM object (one version of a SOP Instance UID)."""
 
     __tablename__ = "instances"
+    # Every index is written by every stored image (migration 0005 dropped two that no query used): the
+    # unique index serves look-ups by SOP Instance UID, its leading column.
     __table_args__ = (UniqueConstraint("sop_instance_uid", "sha256", name="uq_instance_version"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    sop_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
     sop_class_uid: Mapped[str] = mapped_column(UID)
     study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
     series_instance_uid: Mapped[str] = mapped_column(UID, index=True)
@@ -67,7 +69,7 @@ class Instance(Base):
     study_datetime: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     series_datetime: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     acquisition_datetime: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    content_datetime: Mapped[datetime | None] = mapped_column(DateTime, index=True, nullable=True)
+    content_datetime: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
     laterality: Mapped[str | None] = mapped_column(String(16), nullable=True)
     body_part: Mapped[str | None] = mapped_column(String(64), nullable=True)
