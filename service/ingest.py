@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
-from sqlalchemy import Engine, Integer, bindparam, select, text, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service.bootstrap import Services
@@ -280,6 +280,7 @@ def ingest(
     path = received.path
     # The file's mtime becomes "now": recovery after a power cut looks for files newer than the last
     # index barrier, and a long transfer's last write can be far older than its index row.
+    handed_over = False
     try:
         os.utime(path)
         try:
@@ -301,9 +302,11 @@ def ingest(
         except OSError as exc:
             return IngestResult(Outcome.STORE_FAILED, f"write failed: {exc.strerror}", no_space=exc.errno == 28)
 
+        handed_over = True  # _index moves the file into place or removes it
         return _index(services, path, fields, received.sha256, received.size, transfer_syntax_uid, origin)
     finally:
-        _remove(path)
+        if not handed_over:
+            _remove(path)
 
 
 def _remove(path: str | Path) -> None:
@@ -319,9 +322,9 @@ class _Statements:
         columns = [c for c in table.columns if c.key != "id"]
         names = ", ".join(c.key for c in columns)
         binds = ", ".join(f":{c.key}" for c in columns)
-        insert = f"INSERT INTO instances ({names}) VALUES ({binds}) RETURNING id"
-        self.insert = text(insert).bindparams(*[bindparam(c.key, type_=c.type) for c in columns]).columns(id=Integer)
-        self.insert_direct = Direct(insert, {c.key: c.type for c in columns})
+        self.insert = Direct(
+            f"INSERT INTO instances ({names}) VALUES ({binds}) RETURNING id", {c.key: c.type for c in columns}
+        )
         uid_type = table.c.sop_instance_uid.type
         self.versions = Direct(
             "SELECT id, sha256, storage_key FROM instances WHERE sop_instance_uid = :uid",
@@ -381,6 +384,7 @@ def _index(
     origin: Origin,
 ) -> IngestResult:
     """Put the synced file in place (rename, fsync the directory), then index it in one short transaction.
+    From here on the temp file is this function's: moved into place, or removed.
 
     The file is made durable before the row exists, so the write lock of the index is held only for the
     few statements of the row itself (a SQLite database has one writer at a time, across processes).
@@ -393,6 +397,7 @@ def _index(
     try:
         key, created = store.commit_file(path, sha256, received_at.date())
     except OSError as exc:
+        _remove(path)
         return IngestResult(Outcome.STORE_FAILED, f"write failed: {exc.strerror}", no_space=exc.errno == 28)
     for _attempt in range(3):
         try:
@@ -452,7 +457,7 @@ def _write_row(
             if same is None:
                 row = _row(fields, sha256, size, key, transfer_syntax_uid, origin, received_at, conflict)
                 _link(raw, row, services)
-                row_id = int(_SQL.insert_direct.execute(raw, row).fetchone()[0])
+                row_id = int(_SQL.insert.execute(raw, row).fetchone()[0])
                 if conflict:
                     _SQL.mark_conflict.execute(raw, {"yes": True, "uid": fields.sop_instance_uid})
             raw.dbapi.commit()
@@ -554,8 +559,8 @@ def _reindex(services: Services, path: Path, key: str, stat: os.stat_result) -> 
             received_at = datetime.fromtimestamp(stat.st_mtime, UTC)
             ts = str(ds.file_meta.TransferSyntaxUID)
             row = _row(fields, sha256, size, key, ts, recovered, received_at, False, "re-indexed after an unclean stop")
-            conn.execute(_SQL.insert, row).scalar_one()
-    except IntegrityError:
+            _SQL.insert.execute(RawConnection.of(conn), row)
+    except (IntegrityError, services.engine.dialect.dbapi.IntegrityError):  # type: ignore[union-attr]
         return False
     return True
 
