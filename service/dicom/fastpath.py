@@ -113,18 +113,27 @@ def write_file_meta_info(fp: BinaryIO, meta: FileMeta, *_: Any, **__: Any) -> No
     fp.write(encode_file_meta(meta))
 
 
+def fits_one_pdv(command: bytes, max_pdu: int) -> bool:
+    """Whether a command set fits one PDV under the peer's maximum PDU length (0: no limit)."""
+    return not max_pdu or len(command) + 6 <= max_pdu
+
+
+def whole_command(context_id: int, command: bytes) -> P_DATA:
+    """A P-DATA primitive carrying a whole command set as one fragment."""
+    pdata = P_DATA()
+    # 0x03: a command fragment that is the last one (PS3.8 E.2).
+    pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+    return pdata
+
+
 def fast_send_msg(original: Callable[..., None]) -> Callable[..., None]:
     """Wrap DIMSEServiceProvider.send_msg: C-STORE responses go out as one hand-encoded P-DATA PDV."""
 
     def send_msg(self: Any, primitive: Any, context_id: int) -> None:
         if isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None:
             encoded = encode_c_store_rsp(primitive)
-            max_pdu = self.maximum_pdu_size
-            if encoded is not None and (not max_pdu or len(encoded) + 6 <= max_pdu):
-                pdata = P_DATA()
-                # 0x03: a command fragment that is the last one (PS3.8 E.2).
-                pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
-                self.dul.send_pdu(pdata)
+            if encoded is not None and fits_one_pdv(encoded, self.maximum_pdu_size):
+                self.dul.send_pdu(whole_command(context_id, encoded))
                 return
         original(self, primitive, context_id)
 

@@ -346,17 +346,14 @@ class _Lane:
         if not self.assoc.is_established:
             return
         rsp = encode_store_rsp(transfer.command, status, comment)
-        peer_max = self.assoc.dimse.maximum_pdu_size
-        if peer_max and len(rsp) + 6 > peer_max:
+        if not fastpath.fits_one_pdv(rsp, self.assoc.dimse.maximum_pdu_size):
             self._send_by_pynetdicom(transfer, status, comment)
             return
         with send_lock(self.assoc):
             if self.dul.to_provider_queue.empty():
                 self.dul.socket.send(p_data_tf(transfer.context_id, rsp))  # type: ignore[union-attr]
-                return
-            primitive = P_DATA()
-            primitive.presentation_data_value_list.append((transfer.context_id, b"\x03" + rsp))
-            self.dul.to_provider_queue.put(primitive)
+            else:
+                self.dul.to_provider_queue.put(fastpath.whole_command(transfer.context_id, rsp))
 
     def _send_by_pynetdicom(self, transfer: _Transfer, status: int, comment: str) -> None:
         # A peer whose maximum PDU cannot take our ~200 byte response: let pynetdicom fragment it.
