@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 
 # The real ultrasound objects shipped in the pydicom wheel (DESIGN/bench corpus uses the same ones).
 VENDOR_FILES = {
@@ -49,6 +55,41 @@ def restamp(src: Path, dest: Path, **attrs: object) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(dest, enforce_file_format=True)
     return dest
+
+
+def c_store_rq(sop_class: str, sop_instance: str, message_id: int = 7, priority: int = 2, **fields: object) -> bytes:
+    """A C-STORE-RQ command set as pynetdicom encodes it (implicit VR LE), saying that a data set follows."""
+    req = C_STORE()
+    req.MessageID = message_id
+    req.Priority = priority
+    req.AffectedSOPClassUID = sop_class
+    req.AffectedSOPInstanceUID = sop_instance
+    req.DataSet = BytesIO(b"\x00")  # only so that the command says a data set follows
+    for name, value in fields.items():
+        setattr(req, name, value)
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(req)
+    return bytes(encode(msg.command_set, True, True))
+
+
+def p_data_tf(*pdvs: tuple[int, int, bytes]) -> bytes:
+    """A P-DATA-TF PDU of (context id, message control header, fragment) items (PS3.8 9.3.5, E.2)."""
+    items = b"".join((len(f) + 2).to_bytes(4, "big") + bytes([cx, h]) + f for cx, h, f in pdvs)
+    return b"\x04\x00" + len(items).to_bytes(4, "big") + items
+
+
+def exchange(assoc: Any, send: Callable[[], object]) -> Any | None:
+    """What pynetdicom 3.0.4's ``send_c_store`` does around its own send: pause the association's reactor,
+    ``send()``, and return the next DIMSE message that arrives (None: the DIMSE timeout passed)."""
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        send()
+        _, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return rsp
 
 
 def scu(ae_title: str = "TESTSCU") -> AE:

@@ -32,14 +32,22 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE
-from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification
 from sqlalchemy import func, select
 
 from service.models import Instance
-from tests.dicomutil import dataset_bytes, restamp, sha256, storescu_cmd, vendor_path
+from tests.dicomutil import (
+    c_store_rq,
+    dataset_bytes,
+    exchange,
+    p_data_tf,
+    restamp,
+    sha256,
+    storescu_cmd,
+    vendor_path,
+)
 
 # The SCP runs in this process, so pytest's filterwarnings=error would turn pydicom's UserWarnings about odd
 # data ("Expected explicit VR, but found implicit VR"...) into exceptions inside the C-STORE handler, which
@@ -91,14 +99,7 @@ def send_raw(assoc, payload: bytes, sop_class: str, sop_instance: str, ts: str =
     req.AffectedSOPInstanceUID = sop_instance
     req.DataSet = BytesIO(payload)
     cx_id = _context_id(assoc, sop_class, ts)
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
-    try:
-        assoc.dimse.send_msg(req, cx_id)
-        _, rsp = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
+    rsp = exchange(assoc, lambda: assoc.dimse.send_msg(req, cx_id))
     assert rsp is not None, "no C-STORE response (DIMSE timeout)"
     assert assoc.is_established, "the service dropped the association"
     return int(rsp.Status)
@@ -357,12 +358,6 @@ def test_image_without_rows_and_columns_is_stored_with_warning_b007(dicom_server
 _MAX_PDV_DATA = 16 * 1024 - 6  # fragments well under any max PDU (the service advertises 128 KiB)
 
 
-def _pdata_tf(cx_id: int, control: int, data: bytes) -> bytes:
-    """One P-DATA-TF PDU with one PDV (PS3.8 9.3.5, E.2)."""
-    pdv = struct.pack(">I", len(data) + 2) + bytes([cx_id, control]) + data
-    return b"\x04\x00" + struct.pack(">I", len(pdv)) + pdv
-
-
 def _big_cine_header(uid: str, frames: int) -> tuple[bytes, int]:
     """Dataset bytes of a native RGB US multi-frame object up to the Pixel Data value; and that value's length."""
     ds = dcmread(vendor_path("ge_rgb"), stop_before_pixels=True)
@@ -386,27 +381,18 @@ def test_scu_gone_in_the_middle_of_a_large_store_leaves_only_a_sweepable_temp_fi
     assoc = _associate(dicom_server.port, [(UltrasoundMultiFrameImageStorage, ExplicitVRLittleEndian)])
     cx_id = _context_id(assoc, UltrasoundMultiFrameImageStorage, ExplicitVRLittleEndian)
 
-    req = C_STORE()
-    req.MessageID = 1
-    req.Priority = 2
-    req.AffectedSOPClassUID = UltrasoundMultiFrameImageStorage
-    req.AffectedSOPInstanceUID = uid
-    req.DataSet = BytesIO(b"\x00")  # only so that the command says a data set follows
-    msg = C_STORE_RQ()
-    msg.primitive_to_message(req)
-    command = encode(msg.command_set, True, True)
-    assert command is not None
+    command = c_store_rq(UltrasoundMultiFrameImageStorage, uid, message_id=1)
 
     temp_dir = services.store.temp_dir()
     sock = assoc.dul.socket
     # Write the PDUs ourselves so the service has a partial data set when the association goes away.
     sent = 0
-    sock.send(_pdata_tf(cx_id, 0x03, command))
-    sock.send(_pdata_tf(cx_id, 0x00, head))
+    sock.send(p_data_tf((cx_id, 0x03, command)))
+    sock.send(p_data_tf((cx_id, 0x00, head)))
     sent += len(head)
     chunk = bytes(_MAX_PDV_DATA)
     while sent < 6_000_000:
-        sock.send(_pdata_tf(cx_id, 0x00, chunk))
+        sock.send(p_data_tf((cx_id, 0x00, chunk)))
         sent += len(chunk)
     assert sent < len(head) + pixel_length
 

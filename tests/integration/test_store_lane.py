@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, UltrasoundImageStorage, generate_uid
 from pynetdicom import AE
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode
 from sqlalchemy import select
 
 from service.models import Instance
-from tests.dicomutil import dataset_bytes, restamp, sha256, storescu_cmd, vendor_path
-from tests.integration.test_dicom_bad_input import _echo_on_new_association, _store_files, _wait_until
+from tests.dicomutil import c_store_rq, dataset_bytes, exchange, p_data_tf, restamp, sha256, storescu_cmd, vendor_path
+from tests.integration.test_dicom_bad_input import (
+    _context_id,
+    _echo_on_new_association,
+    _store_files,
+    _wait_until,
+)
 
 CONTEXTS = [(UltrasoundImageStorage, ExplicitVRLittleEndian), (SecondaryCaptureImageStorage, ExplicitVRLittleEndian)]
 
@@ -41,38 +41,16 @@ def _associate(port: int, max_pdu: int = 16382):  # type: ignore[no-untyped-def]
 
 
 def _cx(assoc, abstract: str) -> int:  # type: ignore[no-untyped-def]
-    return next(int(cx.context_id) for cx in assoc.accepted_contexts if cx.abstract_syntax == abstract)
+    return _context_id(assoc, abstract, ExplicitVRLittleEndian)
 
 
 def _command(sop_class: str, sop_instance: str) -> bytes:
-    req = C_STORE()
-    req.MessageID = 11
-    req.Priority = 0
-    req.AffectedSOPClassUID = sop_class
-    req.AffectedSOPInstanceUID = sop_instance
-    req.DataSet = BytesIO(b"\x00")  # only so that the command says a data set follows
-    msg = C_STORE_RQ()
-    msg.primitive_to_message(req)
-    return bytes(encode(msg.command_set, True, True))
-
-
-def _pdu(*pdvs: tuple[int, int, bytes]) -> bytes:
-    """A P-DATA-TF PDU of (context id, message control header, fragment) items (PS3.8 9.3.5)."""
-    items = b"".join((len(f) + 2).to_bytes(4, "big") + bytes([cx, h]) + f for cx, h, f in pdvs)
-    return b"\x04\x00" + len(items).to_bytes(4, "big") + items
+    return c_store_rq(sop_class, sop_instance, message_id=11, priority=0)
 
 
 def _exchange(assoc, *pdus: bytes) -> int | None:  # type: ignore[no-untyped-def]
     """Send hand-made PDUs on the association and wait for the C-STORE response's status (None: none came)."""
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
-    try:
-        for pdu in pdus:
-            assoc.dul.socket.send(pdu)
-        _, rsp = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
+    rsp = exchange(assoc, lambda: [assoc.dul.socket.send(pdu) for pdu in pdus])
     return None if rsp is None else int(rsp.Status)
 
 
@@ -91,12 +69,12 @@ def _assert_stored(services, uid: str, data: bytes) -> None:  # type: ignore[no-
     assert _store_files(services)[1] == [], "a temp file was left behind"
 
 
-def test_command_and_whole_data_set_in_one_pdu(dicom_server, services, tmp_path):
+def test_command_and_whole_data_set_in_onep_data_tf(dicom_server, services, tmp_path):
     _, uid, data = _image(tmp_path)
     assoc = _associate(dicom_server.port)
     try:
         cx = _cx(assoc, UltrasoundImageStorage)
-        status = _exchange(assoc, _pdu((cx, 0x03, _command(UltrasoundImageStorage, uid)), (cx, 0x02, data)))
+        status = _exchange(assoc, p_data_tf((cx, 0x03, _command(UltrasoundImageStorage, uid)), (cx, 0x02, data)))
         assert status == 0x0000
         _assert_stored(services, uid, data)
     finally:
@@ -114,8 +92,8 @@ def test_data_set_in_many_fragments_and_pdus(fragment, dicom_server, services, t
         )
         pdvs = [(cx, 0x02 if i == len(pieces) - 1 else 0x00, p) for i, p in enumerate(pieces)]
         # Three fragments to a PDU, the command alone in the first.
-        pdus = [_pdu((cx, 0x03, _command(UltrasoundImageStorage, uid)))]
-        pdus += [_pdu(*pdvs[i : i + 3]) for i in range(0, len(pdvs), 3)]
+        pdus = [p_data_tf((cx, 0x03, _command(UltrasoundImageStorage, uid)))]
+        pdus += [p_data_tf(*pdvs[i : i + 3]) for i in range(0, len(pdvs), 3)]
         assert _exchange(assoc, *pdus) == 0x0000
         _assert_stored(services, uid, data)
     finally:
@@ -128,7 +106,7 @@ def test_command_in_two_fragments_is_stored_by_pynetdicom(dicom_server, services
     assoc = _associate(dicom_server.port)
     try:
         cx = _cx(assoc, UltrasoundImageStorage)
-        pdus = [_pdu((cx, 0x01, command[:20])), _pdu((cx, 0x03, command[20:])), _pdu((cx, 0x02, data))]
+        pdus = [p_data_tf((cx, 0x01, command[:20])), p_data_tf((cx, 0x03, command[20:])), p_data_tf((cx, 0x02, data))]
         assert _exchange(assoc, *pdus) == 0x0000
         _assert_stored(services, uid, data)
     finally:
@@ -142,7 +120,7 @@ def test_request_on_a_context_of_another_sop_class_is_answered_by_pynetdicom(dic
     assoc = _associate(dicom_server.port)
     try:
         cx = _cx(assoc, SecondaryCaptureImageStorage)
-        status = _exchange(assoc, _pdu((cx, 0x03, _command(SecondaryCaptureImageStorage, uid)), (cx, 0x02, data)))
+        status = _exchange(assoc, p_data_tf((cx, 0x03, _command(SecondaryCaptureImageStorage, uid)), (cx, 0x02, data)))
         assert status == 0xA900
         assert _store_files(services) == ([], [])
     finally:
@@ -155,8 +133,8 @@ def test_a_fragment_of_another_context_inside_a_data_set_aborts_and_leaves_nothi
     try:
         us, sc = _cx(assoc, UltrasoundImageStorage), _cx(assoc, SecondaryCaptureImageStorage)
         pdus = [
-            _pdu((us, 0x03, _command(UltrasoundImageStorage, uid)), (us, 0x00, data[:5000])),
-            _pdu((sc, 0x02, data[5000:])),
+            p_data_tf((us, 0x03, _command(UltrasoundImageStorage, uid)), (us, 0x00, data[:5000])),
+            p_data_tf((sc, 0x02, data[5000:])),
         ]
         assert _exchange(assoc, *pdus) is None
         assert _wait_until(lambda: assoc.is_aborted, 5), "the service did not abort the association"
@@ -215,7 +193,7 @@ def test_a_pdu_announced_far_longer_than_it_is_ends_only_its_association(dicom_s
     assoc = _associate(dicom_server.port)
     cx = _cx(assoc, UltrasoundImageStorage)
     # A transfer in flight, then a PDU that announces 64 MiB and sends a few bytes before the peer goes away.
-    assoc.dul.socket.send(_pdu((cx, 0x03, _command(UltrasoundImageStorage, uid)), (cx, 0x00, data[:5000])))
+    assoc.dul.socket.send(p_data_tf((cx, 0x03, _command(UltrasoundImageStorage, uid)), (cx, 0x00, data[:5000])))
     assoc.dul.socket.send(b"\x04\x00" + (64 << 20).to_bytes(4, "big") + b"\x00" * 1000)
     raw = assoc.dul.socket.socket
     raw.shutdown(socket.SHUT_WR)

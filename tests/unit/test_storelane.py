@@ -6,30 +6,20 @@ import struct
 from io import BytesIO
 
 import pytest
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP
-from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import P_DATA_TF
 
 from service.dicom.storelane import StoreCommand, encode_store_rsp, p_data_tf, parse_store_rq
+from tests.dicomutil import c_store_rq
 
 US = "1.2.840.10008.5.1.4.1.1.6.1"
 INSTANCE = "1.2.826.0.1.3680043.8.498.12345"
 
 
 def _store_rq(**fields: object) -> bytes:
-    """A C-STORE-RQ command set as pynetdicom encodes it."""
-    req = C_STORE()
-    req.MessageID = 7
-    req.Priority = 2
-    req.AffectedSOPClassUID = US
-    req.AffectedSOPInstanceUID = INSTANCE
-    req.DataSet = BytesIO(b"\x08\x00\x16\x00")  # any data set: the command then says one follows
-    for name, value in fields.items():
-        setattr(req, name, value)
-    msg = C_STORE_RQ()
-    msg.primitive_to_message(req)
-    return bytes(encode(msg.command_set, True, True))
+    return c_store_rq(US, INSTANCE, **fields)
 
 
 def _elements(command: bytes) -> list[tuple[int, bytes]]:
