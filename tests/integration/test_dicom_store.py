@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,10 @@ def test_max_associations_is_enforced_with_the_local_limit_reason(services, sett
         assert (rsp.result, rsp.result_source, rsp.diagnostic) == (0x02, 0x03, 0x02)
         for a in first:
             a.release()
+        # release() returns when the A-RELEASE-RP arrives; the service's association threads end just after.
+        deadline = time.monotonic() + 5
+        while server.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.01)
         again = ae.associate("127.0.0.1", server.port, ae_title="USGI")
         assert again.is_established
         again.release()
